@@ -1,0 +1,409 @@
+"""The ``clipfuse`` command line: demo, index, search, info, delete."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from clipfuse.errors import ClipfuseError
+from clipfuse.schemas import IngestReport, SearchRequest, SearchResponse, Weights, parse_filter
+from clipfuse.settings import DEMO_MODEL, Settings
+
+app = typer.Typer(
+    help="clipfuse: multimodal hybrid search (OpenCLIP + BM25) for product catalogs on Qdrant.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model", help="open_clip model name, hf-hub:..., local-dir:..., or clipfuse-demo [env CLIPFUSE_MODEL__NAME]"
+    ),
+]
+IndexOpt = Annotated[
+    Optional[str], typer.Option("--index", help="collection name [env CLIPFUSE_INDEX; default products]")
+]
+StoreOpt = Annotated[
+    Optional[Path],
+    typer.Option("--store", help="embedded store folder [env CLIPFUSE_QDRANT__PATH; default clipfuse-data/qdrant]"),
+]
+
+
+def _settings(model: str | None = None, index: str | None = None, store: Path | None = None, **extra: Any) -> Settings:
+    settings = Settings()
+    update: dict[str, Any] = dict(extra)
+    if index:
+        update["index"] = index
+    if model:
+        pretrained = (
+            None if model in (DEMO_MODEL,) or model.startswith(("hf-hub:", "local-dir:")) else settings.model.pretrained
+        )
+        update["model"] = settings.model.model_copy(update={"name": model, "pretrained": pretrained})
+    if store:
+        update["qdrant"] = settings.qdrant.model_copy(update={"path": store})
+    settings = settings.model_copy(update=update)
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+def _fail(error: Exception) -> None:
+    err.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(2)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+# -- reading catalogs --------------------------------------------------------------------
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any] | Any]:
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                yield {"id": f"{path.name}:line{number}", "__invalid_json__": f"line {number} is not JSON: {e}"}
+
+
+def _folder_documents(folder: Path) -> Iterator[dict[str, Any]]:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            rel = path.relative_to(folder)
+            title = path.stem.replace("_", " ").replace("-", " ")
+            yield {"id": rel.as_posix(), "images": [{"path": str(path)}], "title": title}
+
+
+def _count_catalog(path: Path) -> int:
+    if path.is_dir():
+        return sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    with path.open(encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def run_index(settings: Settings, path: Path, *, show_progress: bool = True) -> IngestReport:
+    """Index a JSONL catalog or a folder of images in-process (the CLI's and the demo's path)."""
+    from clipfuse.factory import build_indexer
+
+    if not path.exists():
+        raise ClipfuseError(
+            f"{path} does not exist: give a JSONL catalog (one document per line) or a folder of images"
+        )
+    base_dir = path if path.is_dir() else path.parent
+    indexer = build_indexer(settings, base_dir=base_dir)
+    documents = _folder_documents(path) if path.is_dir() else _read_jsonl(path)
+    total = _count_catalog(path)
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"indexing {path.name}", total=total, visible=show_progress)
+            report = indexer.index(documents, on_batch=lambda r, n: progress.advance(task, n))
+    finally:
+        indexer.backend.close()
+    return report
+
+
+def _print_report(report: IngestReport, report_path: Path | None) -> None:
+    console.print(
+        f"[bold green]{report.indexed}[/] indexed, [bold {'red' if report.rejected else 'green'}]"
+        f"{len(report.rejected)}[/] rejected in {report.seconds:.1f}s "
+        f"({', '.join(f'{k} {v:.1f}s' for k, v in report.stage_seconds.items())})"
+    )
+    if report.rejected:
+        table = Table("id", "stage", "code", "reason", title="rejected documents", show_lines=False)
+        for r in report.rejected[:50]:
+            table.add_row(str(r.id), r.stage, r.code, r.reason)
+        console.print(table)
+        if len(report.rejected) > 50:
+            console.print(f"... and {len(report.rejected) - 50} more")
+    if report_path is not None:
+        report_path.write_text(report.model_dump_json(indent=2))
+        console.print(f"full report written to {report_path}")
+
+
+@app.command()
+def index(
+    path: Annotated[Path, typer.Argument(help="a JSONL catalog (one document per line) or a folder of images")],
+    model: ModelOpt = None,
+    index: IndexOpt = None,
+    store: StoreOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="documents per batch [env CLIPFUSE_BATCH_SIZE]")] = None,
+    report: Annotated[
+        Optional[Path], typer.Option(help="write the full report (with every rejection) as JSON here")
+    ] = None,
+) -> None:
+    """Index a catalog in-process into the store, with a progress bar and a report of rejections."""
+    extra = {"batch_size": batch_size} if batch_size else {}
+    settings = _settings(model, index, store, **extra)
+    try:
+        result = run_index(settings, path)
+    except ClipfuseError as e:
+        _fail(e)
+    _print_report(result, report)
+    if report is None and result.rejected:
+        fallback = Path(settings.qdrant.path).parent / "last-index-report.json"
+        fallback.parent.mkdir(parents=True, exist_ok=True)
+        fallback.write_text(result.model_dump_json(indent=2))
+        console.print(f"rejections written to {fallback}")
+
+
+def _weights(spec: str | None) -> Weights:
+    if not spec:
+        return Weights()
+    values: dict[str, float] = {}
+    for part in spec.split(","):
+        name, _, number = part.partition("=")
+        if name.strip() not in ("image", "text", "bm25") or not number:
+            raise ClipfuseError(f"--weights takes image=W,text=W,bm25=W; cannot read {part!r}")
+        values[name.strip()] = float(number)
+    return Weights(**values)
+
+
+def _print_hits(response: SearchResponse, *, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("#", "id", "title", "attributes", "fused", "image", "text", "bm25"):
+        table.add_column(column, overflow="fold")
+    for hit in response.hits:
+        p = hit.payload
+        attrs = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("title", "caption", "description", "images"))
+
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3f}"
+
+        table.add_row(
+            str(hit.rank),
+            hit.id,
+            str(p.get("title", ""))[:60],
+            attrs[:80],
+            f"{hit.score:.4f}",
+            fmt(hit.signals.image),
+            fmt(hit.signals.text),
+            fmt(hit.signals.bm25),
+        )
+    console.print(table)
+    console.print(f"[dim]{response.fusion} fusion by the {response.fused_by}, {response.took_ms:.0f} ms[/]")
+
+
+@app.command()
+def search(
+    text: Annotated[Optional[str], typer.Argument(help="query text, e.g. 'red leather ankle boots'")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="query image: a file path or an http(s) URL")] = None,
+    filter: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--filter", "-f", help="FIELD OP VALUE, repeatable: 'category=shoes', 'price<=120', 'color=red|black'"
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="number of hits")] = 10,
+    offset: Annotated[int, typer.Option(help="skip this many hits (pagination)")] = 0,
+    fusion: Annotated[str, typer.Option(help="rrf | dbsf | linear | zscore")] = "rrf",
+    rrf_k: Annotated[float, typer.Option(help="RRF rank constant")] = 60.0,
+    weights: Annotated[
+        Optional[str], typer.Option(help="signal weights, e.g. image=1,text=0.5,bm25=2 (0 = off)")
+    ] = None,
+    compose_alpha: Annotated[
+        float, typer.Option(help="image share of the query vector when both text and image are given")
+    ] = 0.3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
+    model: ModelOpt = None,
+    index: IndexOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Search the index by text, image, or image + modifier text; shows each signal's score."""
+    from clipfuse.factory import build_backend, build_searcher, model_settings_for_index
+
+    settings = _settings(model, index, store)
+    try:
+        image_source: dict[str, str] | None = None
+        if image:
+            image_source = (
+                {"url": image}
+                if image.lower().startswith(("http://", "https://"))
+                else {"path": str(Path(image).resolve())}
+            )
+        request = SearchRequest.model_validate(
+            {
+                "text": text,
+                "image": image_source,
+                "filters": [parse_filter(f) for f in (filter or [])],
+                "k": k,
+                "offset": offset,
+                "fusion": fusion,
+                "rrf_k": rrf_k,
+                "weights": _weights(weights),
+                "compose_alpha": compose_alpha,
+            }
+        )
+        backend = build_backend(settings)
+        info = backend.index_info()
+        if info is None:
+            raise ClipfuseError(
+                f"index {settings.index!r} does not exist yet: run `clipfuse index PATH` (or `clipfuse demo`) first"
+            )
+        explicit = model is not None or "CLIPFUSE_MODEL__NAME" in __import__("os").environ
+        settings = settings.model_copy(
+            update={"model": model_settings_for_index(settings, info.model, explicit=explicit)}
+        )
+        searcher = build_searcher(settings, backend=backend)
+        response = searcher.search(request)
+        backend.close()
+    except ClipfuseError as e:
+        _fail(e)
+    except ValueError as e:  # pydantic validation of the request
+        _fail(ClipfuseError(str(e)))
+    if as_json:
+        sys.stdout.write(response.model_dump_json(indent=2) + "\n")
+    else:
+        _print_hits(response, title=f"query: {text or ''}{' + image ' + image if image else ''}")
+
+
+@app.command()
+def info(index: IndexOpt = None, store: StoreOpt = None) -> None:
+    """Show the index: documents, model, dimension, filterable fields."""
+    from clipfuse.factory import build_backend
+
+    settings = _settings(None, index, store)
+    try:
+        backend = build_backend(settings)
+        meta = backend.index_info()
+        count = backend.count()
+        backend.close()
+    except ClipfuseError as e:
+        _fail(e)
+    if meta is None:
+        console.print(f"index {settings.index!r} does not exist")
+        raise typer.Exit(1)
+    console.print(f"index [bold]{settings.index}[/]: {count} documents, model {meta.model}, dim {meta.dim}")
+    console.print("filterable fields: " + (", ".join(f"{k} ({v})" for k, v in sorted(meta.fields.items())) or "none"))
+
+
+@app.command()
+def delete(
+    ids: Annotated[list[str], typer.Argument(help="document ids to delete")],
+    index: IndexOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Delete documents by id."""
+    from clipfuse.factory import build_backend
+
+    settings = _settings(None, index, store)
+    try:
+        backend = build_backend(settings)
+        backend.delete(ids)
+        backend.close()
+    except ClipfuseError as e:
+        _fail(e)
+    console.print(f"deleted {len(ids)} document(s)")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="where the demo catalog and store go")] = Path(
+        "clipfuse-data/demo"
+    ),
+    size: Annotated[int, typer.Option("--size", help="products in the demo catalog")] = 400,
+    fresh: Annotated[bool, typer.Option(help="rebuild the catalog and the index from scratch")] = True,
+) -> None:
+    """Generate a synthetic catalog, index it with the shipped demo model, run sample searches."""
+    from clipfuse.demo.run import run_demo
+
+    if fresh and directory.exists():
+        shutil.rmtree(directory)
+    try:
+        run_demo(directory, size=size, console=console)
+    except ClipfuseError as e:
+        _fail(e)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="address to listen on [env CLIPFUSE_SERVICE__HOST]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port [env CLIPFUSE_SERVICE__PORT; default 8000]")] = None,
+    store: StoreOpt = None,
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    catalog_root: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--catalog-root",
+            help="folder whose product images the web page shows (the folder of the JSONL catalog) "
+            "[env CLIPFUSE_SERVICE__CATALOG_ROOT; default: the 'catalog' folder next to the store, if any]",
+        ),
+    ] = None,
+) -> None:
+    """Run the HTTP search service and web search page (FastAPI + uvicorn)."""
+    try:
+        import uvicorn
+
+        from clipfuse.service.app import create_app
+    except ImportError as e:
+        _fail(ClipfuseError(f"the service needs its extra dependencies: pip install 'clipfuse[service]' ({e})"))
+    settings = _settings(model, index, store)
+    update: dict[str, Any] = {}
+    if host:
+        update["host"] = host
+    if port:
+        update["port"] = port
+    if catalog_root:
+        update["catalog_root"] = catalog_root.resolve()
+    embedded = settings.backend == "qdrant" and not settings.qdrant.url
+    if not catalog_root and settings.service.catalog_root is None and embedded:
+        guess = Path(settings.qdrant.path).parent / "catalog"
+        if guess.is_dir():
+            update["catalog_root"] = guess.resolve()
+    settings = settings.model_copy(update={"service": settings.service.model_copy(update=update)})
+    if embedded:
+        err.print(
+            f"[dim]serving the embedded store {settings.qdrant.path} (one process at a time: stop the service "
+            "before indexing into it; production runs a Qdrant server, CLIPFUSE_QDRANT__URL)[/]"
+        )
+    try:
+        application = create_app(settings)
+        application.state.service.start()  # open the engine and load the model now: errors read better here
+    except ClipfuseError as e:
+        _fail(e)
+    err.print(f"web search page and API on http://{settings.service.host}:{settings.service.port}/ (docs at /docs)")
+    uvicorn.run(
+        application,
+        host=settings.service.host,
+        port=settings.service.port,
+        log_level=settings.log_level.lower() if settings.log_level.upper() != "WARNING" else "info",
+        proxy_headers=True,
+    )
+
+
+from clipfuse.workers.cli import register as _register_queue_commands  # noqa: E402
+
+_register_queue_commands(app)
+
+
+def main() -> None:  # pragma: no cover - console script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,165 @@
+"""Building clients, backends, embedders and indexers from settings (the edge).
+
+The core never reads settings; the CLI, the Celery app and services call these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipfuse.errors import ConfigurationError
+from clipfuse.images import ImageLimits, ImageLoader
+from clipfuse.settings import ImageSettings, ModelSettings, Settings
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+
+    from clipfuse.embedding import Embedder
+    from clipfuse.plugin.edge import EdgeBackend
+    from clipfuse.plugin.protocol import Backend
+    from clipfuse.plugin.searcher import HybridSearcher
+    from clipfuse.workers.ingest import Indexer
+
+__all__ = [
+    "build_backend",
+    "build_edge_backend",
+    "build_image_loader",
+    "build_indexer",
+    "build_searcher",
+    "model_settings_for_index",
+    "open_qdrant_client",
+]
+
+
+def open_qdrant_client(settings: Settings) -> QdrantClient:
+    """A server client when ``CLIPFUSE_QDRANT__URL`` is set, else the embedded store on disk."""
+    from qdrant_client import QdrantClient
+
+    q = settings.qdrant
+    if q.url:
+        return QdrantClient(
+            url=q.url,
+            api_key=q.api_key.get_secret_value() if q.api_key else None,
+            timeout=int(q.timeout_s),
+        )
+    path = Path(q.path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        return QdrantClient(path=str(path))
+    except RuntimeError as e:
+        if "already accessed" in str(e):
+            raise ConfigurationError(
+                f"the embedded Qdrant store at {path} is open in another process (a worker, a service or "
+                "another clipfuse command); the embedded store allows one process at a time. Stop that "
+                "process, or run a Qdrant server and set CLIPFUSE_QDRANT__URL for concurrent access."
+            ) from e
+        raise
+
+
+def build_backend(settings: Settings, client: QdrantClient | None = None) -> Backend:
+    """The configured engine's backend (``CLIPFUSE_BACKEND``)."""
+    if settings.backend == "qdrant-edge":
+        return build_edge_backend(settings)
+    if settings.backend == "elasticsearch":
+        from clipfuse.plugin.elasticsearch import ElasticsearchBackend, open_elasticsearch_client
+
+        es = settings.elasticsearch
+        if not es.url:
+            raise ConfigurationError("CLIPFUSE_BACKEND=elasticsearch needs CLIPFUSE_ELASTICSEARCH__URL")
+        es_client = open_elasticsearch_client(
+            es.url,
+            api_key=es.api_key.get_secret_value() if es.api_key else None,
+            username=es.username,
+            password=es.password.get_secret_value() if es.password else None,
+            ca_certs=str(es.ca_certs) if es.ca_certs else None,
+            verify_certs=es.verify_certs,
+            request_timeout=es.request_timeout_s,
+        )
+        refresh: bool | str = {"false": False, "true": True}.get(es.refresh, es.refresh)
+        return ElasticsearchBackend(
+            es_client,
+            settings.index,
+            vector_index_type=es.vector_index_type,
+            server_side_fusion=es.server_side_fusion,
+            refresh=refresh,
+        )
+    from clipfuse.plugin.qdrant import QdrantBackend
+
+    return QdrantBackend(client or open_qdrant_client(settings), settings.index)
+
+
+def build_edge_backend(settings: Settings) -> EdgeBackend:
+    """The embedded Qdrant Edge store at ``CLIPFUSE_EDGE__PATH`` (one process at a time)."""
+    from clipfuse.plugin.edge import EdgeBackend
+
+    edge = settings.edge
+    return EdgeBackend(
+        edge.path,
+        settings.index,
+        hnsw_m=edge.hnsw_m,
+        ef_construct=edge.ef_construct,
+        ef=edge.ef,
+        exact=edge.exact,
+        full_scan_threshold_kb=edge.full_scan_threshold_kb,
+    )
+
+
+def build_image_loader(settings: ImageSettings, *, base_dir: Path | None = None) -> ImageLoader:
+    return ImageLoader(
+        ImageLimits(
+            max_bytes=settings.max_bytes,
+            max_pixels=settings.max_pixels,
+            fetch_timeout_s=settings.fetch_timeout_s,
+            allow_private_urls=settings.allow_private_urls,
+        ),
+        base_dir=base_dir,
+    )
+
+
+def build_embedder(settings: ModelSettings) -> Embedder:
+    from clipfuse.embedding import build_embedder as _build
+
+    return _build(settings)
+
+
+def build_indexer(
+    settings: Settings,
+    *,
+    backend: Backend | None = None,
+    embedder: Embedder | None = None,
+    base_dir: Path | None = None,
+) -> Indexer:
+    from clipfuse.workers.ingest import Indexer
+
+    return Indexer(
+        embedder or build_embedder(settings.model),
+        backend or build_backend(settings),
+        loader=build_image_loader(settings.images, base_dir=base_dir),
+        batch_size=settings.batch_size,
+        load_workers=settings.images.load_workers,
+    )
+
+
+def model_settings_for_index(settings: Settings, recorded_model: str | None, *, explicit: bool) -> ModelSettings:
+    """Use the model recorded in the index unless the user chose one explicitly."""
+    if explicit or not recorded_model:
+        return settings.model
+    name, pretrained = recorded_model, None
+    if not recorded_model.startswith(("hf-hub:", "local-dir:")) and "/" in recorded_model:
+        name, pretrained = recorded_model.rsplit("/", 1)
+        if pretrained == "random-init":
+            pretrained = None
+    return settings.model.model_copy(update={"name": name, "pretrained": pretrained})
+
+
+def build_searcher(
+    settings: Settings, *, backend: Backend | None = None, embedder: Embedder | None = None
+) -> HybridSearcher:
+    from clipfuse.plugin.searcher import HybridSearcher
+
+    return HybridSearcher(
+        backend or build_backend(settings),
+        embedder=embedder or build_embedder(settings.model),
+        image_loader=build_image_loader(settings.images),
+    )

@@ -1,0 +1,139 @@
+"""The one small protocol every search engine backend satisfies.
+
+A backend stores :class:`IndexedDocument` s (dense image / text vectors, an
+optional BM25 sparse vector, a payload) under the document's own id, and answers
+a :class:`HybridQuery` with one candidate list per retriever (and, where the
+engine can fuse server-side, the engine's fused ranking too). Fusion, paging
+and explanation of scores live in :class:`clipfuse.plugin.HybridSearcher`, the
+same for every engine.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from clipfuse.plugin.bm25 import SparseVector
+from clipfuse.plugin.fusion import Ranked
+from clipfuse.schemas import FieldType, FilterCondition, FusionMethod
+
+__all__ = [
+    "POINT_NAMESPACE",
+    "Backend",
+    "BackendResult",
+    "HybridQuery",
+    "IndexInfo",
+    "IndexedDocument",
+    "Retriever",
+    "Signal",
+    "point_id",
+]
+
+Signal = Literal["image", "text", "bm25"]
+
+#: namespace of the uuid5 point ids derived from document ids (never change it: ids would move)
+POINT_NAMESPACE = uuid.UUID("6f1d3b52-8c1e-5a8e-9f64-2b0c4e6a7d10")
+
+
+def point_id(doc_id: str) -> str:
+    """The engine-side id of a document: ``uuid5(POINT_NAMESPACE, doc_id)`` (stable, idempotent)."""
+    return str(uuid.uuid5(POINT_NAMESPACE, doc_id))
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedDocument:
+    """A document ready for the engine: vectors plus the payload shown in hits."""
+
+    id: str
+    payload: dict[str, Any]
+    image_vector: np.ndarray | None = None
+    text_vector: np.ndarray | None = None
+    sparse: SparseVector | None = None
+    #: the text the engine analyses itself for BM25 (engines with native lexical search)
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexInfo:
+    """What the index records about itself."""
+
+    dim: int
+    model: str | None
+    fields: Mapping[str, FieldType]
+
+
+@dataclass(frozen=True, slots=True)
+class Retriever:
+    """One signal of a hybrid query.
+
+    ``image`` / ``text``: ``dense`` is matched against the documents' image / text
+    vectors. ``bm25``: ``sparse`` (engines that take sparse vectors) or ``text``
+    (engines that analyse text themselves).
+    """
+
+    signal: Signal
+    weight: float
+    dense: np.ndarray | None = None
+    sparse: SparseVector | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HybridQuery:
+    retrievers: tuple[Retriever, ...]
+    filters: tuple[FilterCondition, ...]
+    fusion: FusionMethod
+    rrf_k: float
+    #: how many fused hits are wanted (offset + k)
+    limit: int
+    #: how many candidates each retriever returns
+    candidates: int
+
+
+@dataclass(slots=True)
+class BackendResult:
+    #: one best-first list per retriever, in the query's order
+    lists: list[list[Ranked]]
+    #: the engine's own fused ranking (best-first, at least ``limit`` long when available), or None
+    fused: list[Ranked] | None
+    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A search engine behind clipfuse. Implementations: Qdrant (and more by issue)."""
+
+    name: str
+    #: "sparse": the engine needs BM25 sparse vectors from clipfuse; "native": it analyses text itself
+    lexical: Literal["sparse", "native"]
+
+    def ensure_schema(self, *, dim: int, model: str | None) -> None:
+        """Create the collection / index if missing; no-op if it matches; error if it does not."""
+        ...
+
+    def index_info(self) -> IndexInfo | None:
+        """What the index records (dimension, model, filterable fields); None if it does not exist."""
+        ...
+
+    def register_fields(self, fields: Mapping[str, FieldType]) -> None:
+        """Record new filterable attribute fields (and index them for filtering)."""
+        ...
+
+    def upsert(self, documents: Sequence[IndexedDocument]) -> dict[str, str]:
+        """Insert or replace documents by id. Returns ``{doc_id: reason}`` for the ones the engine refused.
+
+        Raises :class:`~clipfuse.errors.BackendUnavailable` when the engine cannot be reached (retryable).
+        """
+        ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def count(self) -> int: ...
+
+    def search(self, query: HybridQuery) -> BackendResult: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,40 @@
+"""Every size limit of the public contract, in one place.
+
+A limit that is hit produces an error naming the limit (``MAX_CAPTION_CHARS=...``),
+so a user can find it here. Limits on what the *operator* controls (image bytes
+fetched, pixels decoded, fetch time) live in :mod:`clipfuse.settings` instead,
+with these values as defaults.
+"""
+
+from __future__ import annotations
+
+# documents
+MAX_ID_CHARS = 256
+MAX_IMAGES_PER_DOCUMENT = 8
+MAX_TITLE_CHARS = 512
+MAX_CAPTION_CHARS = 4_096
+MAX_DESCRIPTION_CHARS = 32_768
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_NAME_CHARS = 64
+MAX_ATTRIBUTE_STRING_CHARS = 1_024
+MAX_ATTRIBUTE_LIST_ITEMS = 64
+MAX_URL_CHARS = 2_048
+MAX_PATH_CHARS = 4_096
+#: base64 text of an inline image (about 3/4 of this in bytes)
+MAX_INLINE_IMAGE_CHARS = 8 * 1024 * 1024
+MAX_DOCUMENTS_PER_MESSAGE = 1_000
+
+# searches
+MAX_QUERY_TEXT_CHARS = 1_024
+MAX_K = 1_000
+MAX_OFFSET = 10_000
+MAX_CANDIDATES = 10_000
+MAX_FILTERS = 32
+MAX_FILTER_VALUES = 256
+MAX_WEIGHT = 100.0
+MAX_RRF_K = 10_000.0
+
+# defaults for operator-controlled limits (see clipfuse.settings.ImageSettings)
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+DEFAULT_FETCH_TIMEOUT_S = 10.0

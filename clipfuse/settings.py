@@ -1,0 +1,242 @@
+"""All configuration, from the environment (prefix ``CLIPFUSE_``, nested with ``__``).
+
+Only the edges (CLI, Celery app, factories) read settings; the core receives
+explicit objects. Example: ``CLIPFUSE_MODEL__NAME=ViT-B-16``,
+``CLIPFUSE_QDRANT__URL=http://qdrant:6333``, ``CLIPFUSE_IMAGES__MAX_PIXELS=40000000``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clipfuse.schemas import limits as L
+
+__all__ = [
+    "BrokerSettings",
+    "EdgeSettings",
+    "ElasticsearchSettings",
+    "ImageSettings",
+    "ModelSettings",
+    "QdrantSettings",
+    "ServiceSettings",
+    "Settings",
+    "WorkerSettings",
+    "get_settings",
+]
+
+#: the small CLIP shipped with clipfuse (for the demo and the tests)
+DEMO_MODEL = "clipfuse-demo"
+
+
+class ModelSettings(BaseModel):
+    """The OpenCLIP model.
+
+    ``name`` is any open_clip model name (``ViT-B-32``), ``hf-hub:org/repo``,
+    ``local-dir:/path`` (a folder with ``open_clip_config.json`` and weights), or
+    ``clipfuse-demo`` (the small model shipped in the package). ``pretrained`` is an
+    open_clip tag (``laion2b_s34b_b79k``) or a path to a checkpoint file; it is
+    ignored for ``hf-hub:`` / ``local-dir:`` names.
+    """
+
+    name: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    batch_size: int = Field(64, ge=1, le=8192, description="images / texts per forward pass")
+    cache_dir: str | None = None
+
+
+class ImageSettings(BaseModel):
+    """Bounds on loading images (documents and query images)."""
+
+    max_bytes: int = Field(L.DEFAULT_MAX_IMAGE_BYTES, ge=1024)
+    max_pixels: int = Field(L.DEFAULT_MAX_IMAGE_PIXELS, ge=64 * 64)
+    fetch_timeout_s: float = Field(L.DEFAULT_FETCH_TIMEOUT_S, gt=0, le=300)
+    allow_private_urls: bool = Field(
+        False, description="fetch URLs that resolve to private / loopback addresses (off: SSRF guard)"
+    )
+    load_workers: int = Field(8, ge=1, le=256, description="threads that read / fetch / decode images")
+
+
+class QdrantSettings(BaseModel):
+    """Qdrant: a server when ``url`` is set, else the embedded store at ``path``."""
+
+    url: str | None = None
+    api_key: SecretStr | None = None
+    path: Path = Path("clipfuse-data/qdrant")
+    timeout_s: float = 30.0
+
+
+class EdgeSettings(BaseModel):
+    """Qdrant Edge, the embedded Rust engine: used when ``CLIPFUSE_BACKEND=qdrant-edge``.
+
+    ``path`` holds one store per index (``<path>/<index>/``), open in one process at a time.
+    ``hnsw_m`` / ``ef_construct`` / ``full_scan_threshold_kb`` shape the HNSW graphs built by
+    ``optimize()`` (after a bulk index, or ``clipfuse optimize``) and are fixed when a store is
+    created; ``ef`` and ``exact`` apply to every search. Defaults: see docs/benchmarks.md.
+    """
+
+    path: Path = Path("clipfuse-data/edge")
+    hnsw_m: int = Field(default=16, ge=4, le=128, description="HNSW edges per node")
+    ef_construct: int = Field(default=100, ge=8, le=4096, description="HNSW build beam width")
+    ef: int = Field(default=64, ge=1, le=4096, description="HNSW search beam width")
+    exact: bool = Field(default=False, description="brute-force every search (ignores the HNSW graphs)")
+    full_scan_threshold_kb: int = Field(
+        default=1_000,
+        ge=0,
+        description="filtered searches matching fewer vector KB than this scan instead of the graph",
+    )
+
+
+class ElasticsearchSettings(BaseModel):
+    """Elasticsearch 8.15+ / 9.x: used when ``CLIPFUSE_BACKEND=elasticsearch``."""
+
+    url: str | None = Field(None, description="https://host:9200")
+    api_key: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_certs: Path | None = Field(None, description="CA bundle for TLS")
+    verify_certs: bool = True
+    request_timeout_s: float = Field(30.0, gt=0, le=600)
+    vector_index_type: Literal["int8_hnsw", "bbq_hnsw", "hnsw", "int8_flat", "flat"] = "int8_hnsw"
+    server_side_fusion: bool = Field(False, description="use the rrf / linear retrievers (Enterprise licence)")
+    refresh: Literal["false", "true", "wait_for"] = Field("false", description="refresh policy of bulk writes")
+
+
+class BrokerSettings(BaseModel):
+    """The message broker between producers and workers: Redis (default) or RabbitMQ.
+
+    ``url``: ``redis://host:6379/0`` or ``amqp://user:password@host:5672//``. Redis emulates
+    acknowledgements: a message taken by a worker sits in an "unacked" set and goes back to the
+    queue when it was not acknowledged within ``visibility_timeout_s``; keep that longer than the
+    slowest batch (waiting in the worker's buffer included), or messages are redelivered while
+    still being processed. RabbitMQ returns unacknowledged messages as soon as the consumer's
+    connection closes and ignores the visibility timeout.
+    """
+
+    url: str = Field(default="redis://127.0.0.1:6379/0", description="redis://... or amqp://user:password@host:5672//")
+    queue: str = Field(default="clipfuse", min_length=1, max_length=200, description="queue the workers consume")
+    visibility_timeout_s: int = Field(
+        default=600, ge=5, le=43_200, description="Redis: seconds before an unacknowledged message is redelivered"
+    )
+    restore_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Redis: how often a worker looks for messages past the visibility timeout",
+    )
+    heartbeat_s: int = Field(default=120, ge=0, le=3600, description="RabbitMQ connection heartbeat (0: off)")
+    confirm_publish: bool = Field(
+        default=True, description="RabbitMQ: wait for the broker to confirm every message sent"
+    )
+    documents_per_message: int = Field(
+        default=64, ge=1, le=L.MAX_DOCUMENTS_PER_MESSAGE, description="documents the producer packs into one message"
+    )
+    max_message_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=64 * 1024,
+        le=128 * 1024 * 1024,
+        description="JSON bytes of documents per message (inline images count here)",
+    )
+
+
+class WorkerSettings(BaseModel):
+    """How a worker batches, retries and reports."""
+
+    batch_messages: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="messages buffered before a batch is flushed (celery-batches flush_every)",
+    )
+    flush_interval_s: float = Field(
+        default=1.0, gt=0, le=600, description="longest wait before a partial batch is flushed"
+    )
+    prefetch_multiplier: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="messages prefetched = this x batch_messages (>= 1 batch; 2 overlaps the next)",
+    )
+    retry_base_s: float = Field(
+        default=1.0, gt=0, le=600, description="first backoff when the search engine is unavailable"
+    )
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600, description="longest single backoff")
+    retry_in_process_s: float = Field(
+        default=20.0,
+        ge=0,
+        le=3600,
+        description="how long a batch waits for the engine in the worker before its messages are re-published "
+        "(keep it well under the RabbitMQ heartbeat: a solo worker sends none while it waits)",
+    )
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus metrics port in the worker (0: off)")
+    state_url: str | None = Field(
+        default=None,
+        description="Redis for dead letters and counters (default: the broker URL when it is Redis, else "
+        "redis://127.0.0.1:6379/0)",
+    )
+    dead_letter_max: int = Field(
+        default=100_000, ge=1, le=10_000_000, description="dead letters kept per index (oldest go)"
+    )
+
+
+class ServiceSettings(BaseModel):
+    """The HTTP search service (``clipfuse serve``).
+
+    ``api_key`` protects the write endpoints (``POST /documents``, ``DELETE /documents/{id}``);
+    without one they are refused. ``catalog_root`` is the folder whose images ``GET /images/...``
+    may serve (the folder of a JSONL catalog; nothing outside it is ever served) and the only
+    place a query image given as a server-side ``path`` may come from.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: SecretStr | None = Field(None, description="X-API-Key required by the write endpoints (unset: refused)")
+    catalog_root: Path | None = Field(None, description="folder of product images served under /images/")
+    max_upload_bytes: int = Field(
+        6 * 1024 * 1024,
+        ge=1024,
+        le=L.MAX_INLINE_IMAGE_CHARS * 3 // 4,
+        description="largest query image accepted by POST /search/image (and inline in POST /search)",
+    )
+    max_documents_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024, description="largest POST /documents body"
+    )
+    max_documents_per_request: int = Field(1_000, ge=1, le=100_000)
+    check_broker: bool | None = Field(
+        None,
+        description="GET /healthz also checks the broker (ingestion through /documents); "
+        "unset: only when the engine is a server (the embedded store cannot be shared with workers anyway)",
+    )
+    health_timeout_s: float = Field(2.0, gt=0, le=60)
+    facet_sample: int = Field(2_000, ge=1, le=100_000, description="documents sampled for the UI's filter values")
+    facet_max_values: int = Field(50, ge=1, le=1_000, description="values listed per keyword field")
+    facet_ttl_s: float = Field(60.0, ge=0, le=86_400, description="seconds the filter values are cached")
+    index_info_ttl_s: float = Field(30.0, ge=0, le=86_400, description="seconds the index's field list is cached")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from a browser")
+    ui: bool = Field(True, description="serve the web search page at /")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPFUSE_", env_nested_delimiter="__", extra="ignore")
+
+    backend: Literal["qdrant", "elasticsearch", "qdrant-edge"] = "qdrant"
+    index: str = Field("products", min_length=1, max_length=255, description="collection / index name")
+    batch_size: int = Field(64, ge=1, le=4096, description="documents per ingest batch")
+    model: ModelSettings = ModelSettings()
+    images: ImageSettings = ImageSettings()
+    qdrant: QdrantSettings = QdrantSettings()
+    edge: EdgeSettings = EdgeSettings()
+    elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
+    log_level: str = "WARNING"
+    broker: BrokerSettings = BrokerSettings()
+    worker: WorkerSettings = WorkerSettings()
+    service: ServiceSettings = ServiceSettings()
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,119 @@
+"""The command line, as a user runs it: index, search, info, delete, demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from clipfuse.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def store(tmp_path: Path, demo_catalog: Path) -> Path:
+    path = tmp_path / "store"
+    result = runner.invoke(app, ["index", str(demo_catalog), "--model", "clipfuse-demo", "--store", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "60 indexed" in result.output and "0 rejected" in result.output
+    return path
+
+
+def _search(store: Path, *args: str) -> Any:
+    result = runner.invoke(app, ["search", *args, "--store", str(store), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_search_json_has_per_signal_scores(store: Path) -> None:
+    response = _search(store, "red striped t-shirt", "--k", "5")
+    assert len(response["hits"]) == 5
+    top = response["hits"][0]
+    assert set(top["signals"]) == {"image", "text", "bm25"}
+    assert top["payload"]["title"]
+    assert [h["rank"] for h in response["hits"]] == [1, 2, 3, 4, 5]
+
+
+def test_search_uses_the_model_recorded_in_the_index(store: Path) -> None:
+    # no --model: the index says clipfuse-demo, so no weights download is attempted
+    assert _search(store, "blue scarf", "--k", "3")["hits"]
+
+
+def test_search_filters_fusion_weights_paging(store: Path) -> None:
+    cheap = _search(store, "boots", "--filter", "price<=60", "--filter", "in_stock=true", "--k", "20")
+    assert cheap["hits"] and all(h["payload"]["price"] <= 60 and h["payload"]["in_stock"] for h in cheap["hits"])
+    dbsf = _search(store, "boots", "--fusion", "dbsf", "--weights", "image=1,text=0,bm25=2", "--k", "4")
+    assert dbsf["fusion"] == "dbsf" and all(h["signals"]["text"] is None for h in dbsf["hits"])
+    page2 = _search(store, "boots", "--k", "3", "--offset", "3")
+    assert [h["rank"] for h in page2["hits"]] == [4, 5, 6]
+
+
+def test_search_by_image(store: Path, demo_catalog: Path) -> None:
+    first = json.loads(demo_catalog.read_text().splitlines()[0])
+    image = demo_catalog.parent / first["images"][0]["path"]
+    response = _search(store, "--image", str(image), "--k", "3")
+    assert response["hits"][0]["id"] == first["id"]
+
+
+def test_search_errors_are_readable(store: Path) -> None:
+    result = runner.invoke(app, ["search", "boots", "--filter", "size=M", "--store", str(store)])
+    assert result.exit_code == 2 and "unknown filter field 'size'" in result.output
+    result = runner.invoke(app, ["search", "--store", str(store)])
+    assert result.exit_code == 2 and "neither" in result.output
+    result = runner.invoke(app, ["search", "boots", "--filter", "price<<3", "--store", str(store)])
+    assert result.exit_code == 2 and "cannot read filter" in result.output
+
+
+def test_info_and_delete(store: Path, demo_catalog: Path) -> None:
+    result = runner.invoke(app, ["info", "--store", str(store)])
+    assert result.exit_code == 0 and "60 documents" in result.output and "price (number)" in result.output
+    first = json.loads(demo_catalog.read_text().splitlines()[0])["id"]
+    assert runner.invoke(app, ["delete", first, "--store", str(store)]).exit_code == 0
+    assert "59 documents" in runner.invoke(app, ["info", "--store", str(store)]).output
+
+
+def test_index_a_folder_of_images_with_a_bad_file(tmp_path: Path, demo_catalog: Path) -> None:
+    folder = tmp_path / "photos"
+    shutil.copytree(demo_catalog.parent / "images", folder)
+    (folder / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    report = tmp_path / "report.json"
+    result = runner.invoke(
+        app, ["index", str(folder), "--model", "clipfuse-demo", "--store", str(tmp_path / "s"), "--report", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["indexed"] == 60
+    assert [(r["id"], r["code"]) for r in data["rejected"]] == [("broken.jpg", "image_unreadable")]
+
+
+def test_missing_catalog_and_help() -> None:
+    result = runner.invoke(app, ["index", "/no/such/catalog.jsonl", "--model", "clipfuse-demo"])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    for command in ("index", "search", "demo", "info", "delete"):
+        help_text = runner.invoke(app, [command, "--help"]).output
+        assert "Usage" in help_text and "--" in help_text
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("clipfuse")
+    proc = subprocess.run(
+        [str(exe), "demo", "--dir", str(tmp_path / "demo"), "--size", "120"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "120 indexed" in out and "2 rejected" in out
+    assert "broken-image" in out and "missing-image" in out
+    assert "text->image R@10" in out and "hybrid" in out
+    assert "text: 'red striped t-shirt'" in out and "image + text" in out and "text + filter" in out
+    assert "rrf fusion by the engine" in out
