@@ -1,0 +1,788 @@
+"""Elasticsearch backend over the caller's own ``Elasticsearch`` client (clusters 8.15+ and 9.x).
+
+Layout: one index. ``image_vector`` and ``text_vector`` are ``dense_vector`` fields
+(cosine, ``int8_hnsw`` by default; ``bbq_hnsw`` / ``hnsw`` / ``int8_flat`` / ``flat``
+selectable); ``title`` / ``caption`` / ``description`` are ``text`` fields analysed
+for product titles (see :func:`build_index_body`); ``doc_id`` is a ``keyword``;
+attributes live at the top level of ``_source`` and are mapped ``keyword`` /
+``double`` / ``boolean`` (explicitly by :meth:`ElasticsearchBackend.register_fields`,
+and by dynamic templates for any that arrive first). clipfuse's own record
+(schema version, model, dimension, filterable fields) sits in the mapping's
+``_meta.clipfuse``. The document id is the ``_id``: a redelivered document
+overwrites itself. Vectors are left out of the stored ``_source`` (``_source.excludes``,
+which works on every 8.x / 9.x cluster; see ``docs/elasticsearch.md`` for what that costs).
+
+Hybrid search (client-side fusion, the default): one ``msearch`` with a kNN search per
+dense signal (the filters inside ``knn.filter``) and one BM25 ``multi_match`` over
+``title^3 caption^2 description`` (the same filters in ``bool.filter``); clipfuse fuses
+the lists with :mod:`clipfuse.plugin.fusion`. With ``server_side_fusion=True`` and a
+fusion Elasticsearch computes identically (unweighted RRF with an integer constant;
+min-max linear), the ``rrf`` / ``linear`` retriever is run as well and its ranking is
+returned as the engine's; a cluster whose licence or version refuses the retriever
+falls back to client-side fusion (logged once).
+
+Every request body comes from a pure function here (no I/O), so the bodies can be
+asserted in tests and sent by users themselves.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+
+try:
+    from elastic_transport import ApiError as TransportApiError
+    from elastic_transport import ConnectionError as TransportConnectionError
+    from elastic_transport import ConnectionTimeout, TlsError, TransportError
+    from elasticsearch import Elasticsearch, helpers
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the Elasticsearch backend needs elasticsearch-py: pip install 'elasticsearch>=9,<10' for a 9.x cluster "
+        "or 'elasticsearch>=8.15,<9' for an 8.x cluster"
+    ) from e
+
+from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError, InvalidQuery
+from clipfuse.plugin.fusion import Ranked
+from clipfuse.plugin.protocol import BackendResult, HybridQuery, IndexedDocument, IndexInfo, Retriever
+from clipfuse.schemas import FieldType, FilterCondition
+
+__all__ = [
+    "BM25_FIELDS",
+    "IMAGE_FIELD",
+    "TEXT_FIELD",
+    "ElasticsearchBackend",
+    "VectorIndexType",
+    "build_bulk_actions",
+    "build_bulk_delete_actions",
+    "build_filter",
+    "build_index_body",
+    "build_msearch",
+    "build_retriever_search",
+    "open_elasticsearch_client",
+    "server_fusion_unsupported_reason",
+]
+
+log = logging.getLogger(__name__)
+
+VectorIndexType = Literal["int8_hnsw", "bbq_hnsw", "hnsw", "int8_flat", "flat"]
+VECTOR_INDEX_TYPES: tuple[str, ...] = ("int8_hnsw", "bbq_hnsw", "hnsw", "int8_flat", "flat")
+
+IMAGE_FIELD, TEXT_FIELD = "image_vector", "text_vector"
+VECTOR_FIELDS: tuple[str, str] = (IMAGE_FIELD, TEXT_FIELD)
+TEXT_FIELDS: tuple[str, ...] = ("title", "caption", "description")
+#: the BM25 ``multi_match`` fields and boosts: a title match counts most
+BM25_FIELDS: tuple[str, ...] = ("title^3", "caption^2", "description")
+ANALYZER = "clipfuse_product"
+#: fields clipfuse maps itself; an attribute with one of these names is refused
+RESERVED_FIELDS = frozenset({"doc_id", "images", *TEXT_FIELDS, *VECTOR_FIELDS})
+_VECTOR_OF = {"image": IMAGE_FIELD, "text": TEXT_FIELD}
+_META_KEY = "clipfuse"
+_SCHEMA_VERSION = 1
+#: ``dense_vector`` accepts at most 4096 dimensions; BBQ needs at least 64 (``BBQ_MIN_DIMS``)
+MAX_DIMS, BBQ_MIN_DIMS = 4096, 64
+#: ``num_candidates`` and (by default ``index.max_result_window``) ``from + size`` cap at 10,000
+MAX_WINDOW = 10_000
+#: ``_id`` is limited to 512 bytes
+MAX_ID_BYTES = 512
+_UNAVAILABLE_STATUS = (429, 502, 503, 504)
+#: ``retry_on_status`` of the bulk helpers arrived in elasticsearch-py 8.16 (elastic/elasticsearch-py#2071)
+_BULK_RETRY_ON_STATUS = "retry_on_status" in inspect.signature(helpers.streaming_bulk).parameters
+_ES_TYPE = {"keyword": "keyword", "number": "double", "bool": "boolean"}
+_FIELD_TYPE_OF_MAPPING: dict[str, FieldType] = {
+    "keyword": "keyword",
+    "constant_keyword": "keyword",
+    "double": "number",
+    "float": "number",
+    "half_float": "number",
+    "scaled_float": "number",
+    "long": "number",
+    "integer": "number",
+    "short": "number",
+    "byte": "number",
+    "unsigned_long": "number",
+    "boolean": "bool",
+}
+
+
+# -- errors ------------------------------------------------------------------------------
+def _describe(body: Any, limit: int = 500) -> str:
+    """``type: reason (caused by type: reason)`` from an Elasticsearch error body or bulk item error."""
+    error = body.get("error", body) if isinstance(body, Mapping) else body
+    if isinstance(error, Mapping):
+        text = f"{error.get('type', 'error')}: {error.get('reason', '')}".rstrip(": ")
+        cause = error.get("caused_by")
+        if isinstance(cause, Mapping):
+            text += f" (caused by {cause.get('type', 'error')}: {cause.get('reason', '')})"
+    else:
+        text = str(error)
+    return text[:limit]
+
+
+def _status_of(error: TransportApiError) -> int:
+    return int(error.meta.status)
+
+
+@contextmanager
+def _errors(action: str) -> Iterator[None]:
+    """Map elasticsearch-py's errors to clipfuse's: unreachable / overloaded -> retryable."""
+    try:
+        yield
+    except TransportApiError as e:
+        status = _status_of(e)
+        if status in _UNAVAILABLE_STATUS:
+            raise BackendUnavailable(
+                f"Elasticsearch is unavailable ({status}: {_describe(e.body, 200)}) while {action}; retry later"
+            ) from e
+        raise BackendError(f"Elasticsearch refused {action}: HTTP {status}: {_describe(e.body)}") from e
+    except TlsError as e:
+        raise BackendError(f"TLS failed while {action}: {e}; check the cluster's CA (ca_certs) and verify_certs") from e
+    except (TransportConnectionError, ConnectionTimeout) as e:
+        raise BackendUnavailable(f"cannot reach Elasticsearch while {action}: {e}") from e
+    except TransportError as e:  # serialisation, sniffing
+        raise BackendError(f"Elasticsearch client error while {action}: {e}") from e
+
+
+def _check_response(response: Mapping[str, Any], action: str) -> None:
+    """An ``msearch`` item carries its own error and status; raise it like a failed request."""
+    if "error" not in response:
+        return
+    status = int(response.get("status", 500))
+    if status in _UNAVAILABLE_STATUS:
+        raise BackendUnavailable(f"Elasticsearch is unavailable ({status}) while {action}: {_describe(response)}")
+    raise BackendError(f"Elasticsearch refused {action}: HTTP {status}: {_describe(response)}")
+
+
+# -- pure builders -----------------------------------------------------------------------
+def build_index_body(
+    dim: int,
+    model: str | None,
+    vector_index_type: VectorIndexType = "int8_hnsw",
+    *,
+    exclude_vectors_from_source: bool = True,
+) -> dict[str, Any]:
+    """The ``PUT /<index>`` body: ``{"settings": ..., "mappings": ...}``.
+
+    The product analyser (``clipfuse_product``): the ``standard`` tokenizer (Unicode
+    word boundaries, so ``t-shirt`` -> ``t`` ``shirt``, ``4k`` stays one token),
+    ``english_possessive`` (``men's`` -> ``men``), ``lowercase``, ``asciifolding``
+    (``café`` matches ``cafe``, which shoppers type) and the ``light_english`` (KStem)
+    stemmer (``boots`` -> ``boot``, gentler than Porter so brand-like words survive).
+    No stop words: titles are short and BM25's IDF already discounts common words.
+
+    ``vector_index_type`` is the ``dense_vector`` ``index_options.type``; ``bbq_hnsw``
+    needs at least 64 dimensions. ``exclude_vectors_from_source`` drops the vectors
+    from the stored ``_source`` (saves disk; the cost: reindex / update_by_query can't
+    carry them over, re-ingest instead).
+    """
+    if not 1 <= dim <= MAX_DIMS:
+        raise ConfigurationError(
+            f"Elasticsearch dense_vector fields hold 1..{MAX_DIMS} dimensions; the model makes {dim}"
+        )
+    if vector_index_type not in VECTOR_INDEX_TYPES:
+        raise ConfigurationError(
+            f"unknown vector index type {vector_index_type!r}; choose one of {', '.join(VECTOR_INDEX_TYPES)}"
+        )
+    if vector_index_type == "bbq_hnsw" and dim < BBQ_MIN_DIMS:
+        raise ConfigurationError(
+            f"bbq_hnsw needs at least {BBQ_MIN_DIMS} dimensions; the model makes {dim}: use int8_hnsw"
+        )
+
+    def vector() -> dict[str, Any]:
+        return {
+            "type": "dense_vector",
+            "dims": dim,
+            "index": True,
+            "similarity": "cosine",
+            "index_options": {"type": vector_index_type},
+        }
+
+    def text() -> dict[str, Any]:
+        return {"type": "text", "analyzer": ANALYZER}
+
+    mappings: dict[str, Any] = {
+        "_meta": {_META_KEY: {"version": _SCHEMA_VERSION, "model": model, "dim": dim, "fields": {}}},
+        "dynamic": True,
+        "date_detection": False,
+        "numeric_detection": False,
+        "dynamic_templates": [
+            {"clipfuse_strings": {"match_mapping_type": "string", "mapping": {"type": "keyword"}}},
+            {"clipfuse_integers": {"match_mapping_type": "long", "mapping": {"type": "double"}}},
+            {"clipfuse_numbers": {"match_mapping_type": "double", "mapping": {"type": "double"}}},
+            {"clipfuse_booleans": {"match_mapping_type": "boolean", "mapping": {"type": "boolean"}}},
+        ],
+        "properties": {
+            "doc_id": {"type": "keyword"},
+            "title": text(),
+            "caption": text(),
+            "description": text(),
+            "images": {"type": "keyword", "index": False, "doc_values": False},
+            IMAGE_FIELD: vector(),
+            TEXT_FIELD: vector(),
+        },
+    }
+    if exclude_vectors_from_source:
+        mappings["_source"] = {"excludes": list(VECTOR_FIELDS)}
+    settings = {
+        "analysis": {
+            "filter": {
+                "clipfuse_english_possessive": {"type": "stemmer", "language": "possessive_english"},
+                "clipfuse_english_stemmer": {"type": "stemmer", "language": "light_english"},
+            },
+            "analyzer": {
+                ANALYZER: {
+                    "type": "custom",
+                    "tokenizer": "standard",
+                    "filter": ["clipfuse_english_possessive", "lowercase", "asciifolding", "clipfuse_english_stemmer"],
+                }
+            },
+        }
+    }
+    return {"settings": settings, "mappings": mappings}
+
+
+def build_field_mappings(fields: Mapping[str, FieldType]) -> dict[str, dict[str, str]]:
+    """``properties`` for attribute fields: keyword / double / boolean."""
+    return {name: {"type": _ES_TYPE[kind]} for name, kind in fields.items()}
+
+
+def _vector_list(vec: np.ndarray) -> list[float]:
+    """A vector as JSON-ready floats (float32 values, as Elasticsearch stores them)."""
+    values: list[float] = np.asarray(vec, dtype=np.float32).reshape(-1).tolist()
+    return values
+
+
+def build_bulk_actions(docs: Sequence[IndexedDocument], index: str) -> list[dict[str, Any]]:
+    """``helpers.bulk`` actions: one idempotent ``index`` op per document, ``_id`` = its id.
+
+    ``_source`` = the payload (texts, image references, attributes at the top level),
+    ``doc_id`` and the vectors present. Checks (dimensions, reserved names) are the
+    backend's job (:meth:`ElasticsearchBackend.upsert`); this only shapes the actions.
+    """
+    actions = []
+    for doc in docs:
+        source: dict[str, Any] = {**doc.payload, "doc_id": doc.id}
+        if doc.image_vector is not None:
+            source[IMAGE_FIELD] = _vector_list(doc.image_vector)
+        if doc.text_vector is not None:
+            source[TEXT_FIELD] = _vector_list(doc.text_vector)
+        actions.append({"_op_type": "index", "_index": index, "_id": doc.id, "_source": source})
+    return actions
+
+
+def build_bulk_delete_actions(ids: Sequence[str], index: str) -> list[dict[str, Any]]:
+    """``helpers.bulk`` ``delete`` actions by ``_id``."""
+    return [{"_op_type": "delete", "_index": index, "_id": doc_id} for doc_id in ids]
+
+
+def _clause(c: FilterCondition) -> tuple[dict[str, Any], bool]:
+    """(query clause, negated) for one checked filter condition. Values are JSON values, never query text."""
+    if c.op in ("lt", "lte", "gt", "gte"):
+        return {"range": {c.field: {c.op: c.value}}}, False
+    if c.op in ("in", "nin"):
+        values = list(c.value) if isinstance(c.value, list) else [c.value]
+        return {"terms": {c.field: values}}, c.op == "nin"
+    return {"term": {c.field: c.value}}, c.op == "ne"
+
+
+def build_filter(filters: Sequence[FilterCondition]) -> list[dict[str, Any]]:
+    """Checked filters (see :func:`clipfuse.plugin.filters.resolve_filters`) as a list of filter clauses.
+
+    ``eq`` -> ``term``, ``in`` -> ``terms``, ``lt``/``lte``/``gt``/``gte`` -> ``range``;
+    ``ne`` / ``nin`` go into one trailing ``{"bool": {"must_not": [...]}}`` (a document
+    without the field passes them, as in Qdrant). Empty list: no filter. The list is
+    what ``knn.filter`` and ``bool.filter`` take.
+    """
+    positive: list[dict[str, Any]] = []
+    negative: list[dict[str, Any]] = []
+    for condition in filters:
+        clause, negated = _clause(condition)
+        (negative if negated else positive).append(clause)
+    if negative:
+        positive.append({"bool": {"must_not": negative}})
+    return positive
+
+
+def _window(query: HybridQuery) -> int:
+    """Candidates per retriever, capped at Elasticsearch's 10,000."""
+    return max(1, min(int(query.candidates), MAX_WINDOW))
+
+
+def _num_candidates(k: int) -> int:
+    """``num_candidates`` per shard: twice ``k`` for recall, at least ``k``, at most 10,000."""
+    return min(MAX_WINDOW, max(k, 2 * k))
+
+
+def _source_filter() -> dict[str, Any]:
+    return {"excludes": list(VECTOR_FIELDS)}
+
+
+def _knn_clause(r: Retriever, k: int, flt: list[dict[str, Any]]) -> dict[str, Any]:
+    if r.dense is None:
+        raise InvalidQuery(f"the {r.signal} signal needs a query vector")
+    knn: dict[str, Any] = {
+        "field": _VECTOR_OF[r.signal],
+        "query_vector": _vector_list(r.dense),
+        "k": k,
+        "num_candidates": _num_candidates(k),
+    }
+    if flt:
+        knn["filter"] = flt
+    return knn
+
+
+def _bm25_query(r: Retriever, flt: list[dict[str, Any]]) -> dict[str, Any]:
+    if r.text is None:
+        raise InvalidQuery("the bm25 signal needs query text")
+    match = {
+        "multi_match": {
+            "query": r.text,
+            "fields": list(BM25_FIELDS),
+            "type": "best_fields",
+            "tie_breaker": 0.3,
+        }
+    }
+    boolean: dict[str, Any] = {"must": [match]}
+    if flt:
+        boolean["filter"] = flt
+    return {"bool": boolean}
+
+
+def build_msearch(query: HybridQuery, index: str) -> list[dict[str, Any]]:
+    """The ``msearch`` searches (header, body, header, body, ...) for one hybrid query, in retriever order.
+
+    Dense signals: a top-level ``knn`` search (``k`` = ``size`` = candidates,
+    ``num_candidates`` = ``min(10000, 2k)``, the filter inside ``knn.filter`` so
+    filtering happens during the vector search, not after). BM25: a ``multi_match``
+    of the query text over :data:`BM25_FIELDS` with the same filter in ``bool.filter``.
+    """
+    k = _window(query)
+    flt = build_filter(query.filters)
+    searches: list[dict[str, Any]] = []
+    for r in query.retrievers:
+        body: dict[str, Any] = {"query": _bm25_query(r, flt)} if r.signal == "bm25" else {"knn": _knn_clause(r, k, flt)}
+        body.update({"size": k, "_source": _source_filter(), "track_total_hits": False})
+        searches.extend([{"index": index}, body])
+    return searches
+
+
+def server_fusion_unsupported_reason(query: HybridQuery) -> str | None:
+    """Why Elasticsearch cannot compute this query's fusion exactly as clipfuse does (None: it can).
+
+    - ``rrf``: Elasticsearch scores ``sum 1 / (rank_constant + rank)``, which is
+      :func:`clipfuse.plugin.fusion.rrf` with every weight 1 and ``k = rank_constant``;
+      ``rank_constant`` is an integer >= 1. Its weighted RRF (9.2+) multiplies each
+      term by the weight, which is not clipfuse's ``1 / (rank / w + k)``.
+    - ``linear``: the ``linear`` retriever with the ``minmax`` normaliser and
+      per-retriever weights is clipfuse's min-max linear fusion (all-equal lists
+      normalise to 1 on both sides).
+    - ``dbsf`` / ``zscore``: no Elasticsearch equivalent.
+    - Elasticsearch's compound retrievers need at least two children.
+    """
+    if len(query.retrievers) < 2:
+        return "a single signal needs no fusion"
+    if query.fusion == "rrf":
+        if not (float(query.rrf_k).is_integer() and query.rrf_k >= 1):
+            return f"Elasticsearch's rank_constant is an integer >= 1; rrf_k={query.rrf_k:g} is not"
+        if any(r.weight != 1.0 for r in query.retrievers):
+            return "Elasticsearch's weighted RRF (9.2+) multiplies whole terms; clipfuse's weights divide the rank"
+        return None
+    if query.fusion == "linear":
+        return None
+    return f"Elasticsearch has no {query.fusion} fusion"
+
+
+def build_retriever_search(query: HybridQuery, index: str | None = None) -> dict[str, Any] | None:
+    """The ``_search`` body that fuses the query server-side with the ``rrf`` or ``linear`` retriever.
+
+    None when :func:`server_fusion_unsupported_reason` has a reason (then fuse client-side).
+    The children are exactly the msearch searches (same kNN clauses, same BM25 query,
+    same filters); ``rank_window_size`` = candidates, ``size`` = the fused hits wanted.
+    ``index`` is accepted for symmetry with :func:`build_msearch` (it goes in the URL).
+    """
+    del index
+    if server_fusion_unsupported_reason(query) is not None:
+        return None
+    k = _window(query)
+    flt = build_filter(query.filters)
+    children: list[dict[str, Any]] = []
+    for r in query.retrievers:
+        if r.signal == "bm25":
+            children.append({"standard": {"query": _bm25_query(r, flt)}})
+        else:
+            children.append({"knn": _knn_clause(r, k, flt)})
+    size = max(1, min(int(query.limit), MAX_WINDOW))
+    window = max(k, size)
+    retriever: dict[str, Any]
+    if query.fusion == "rrf":
+        retriever = {"rrf": {"retrievers": children, "rank_constant": int(query.rrf_k), "rank_window_size": window}}
+    else:
+        retriever = {
+            "linear": {
+                "retrievers": [
+                    {"retriever": child, "weight": float(r.weight), "normalizer": "minmax"}
+                    for child, r in zip(children, query.retrievers, strict=True)
+                ],
+                "rank_window_size": window,
+            }
+        }
+    return {"retriever": retriever, "size": size, "_source": _source_filter(), "track_total_hits": False}
+
+
+# -- the client factory (the edge) ------------------------------------------------------
+def open_elasticsearch_client(
+    url: str,
+    *,
+    api_key: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    ca_certs: str | None = None,
+    verify_certs: bool = True,
+    request_timeout: float = 30,
+) -> Elasticsearch:
+    """An ``Elasticsearch`` client for ``url`` with an API key or basic auth, and TLS with a CA file.
+
+    Constructing it sends nothing. The transport retries connection errors, timeouts
+    and 502/503/504 up to 3 times before the backend sees them.
+    """
+    if api_key and (username or password):
+        raise ConfigurationError("give Elasticsearch either an API key or a username and password, not both")
+    if (username is None) != (password is None):
+        raise ConfigurationError("Elasticsearch basic auth needs both a username and a password")
+    kwargs: dict[str, Any] = {
+        "request_timeout": request_timeout,
+        "verify_certs": verify_certs,
+        "retry_on_timeout": True,
+        "max_retries": 3,
+    }
+    if api_key:
+        kwargs["api_key"] = api_key
+    if username is not None and password is not None:
+        kwargs["basic_auth"] = (username, password)
+    if ca_certs:
+        kwargs["ca_certs"] = ca_certs
+    return Elasticsearch(url, **kwargs)
+
+
+# -- the backend -------------------------------------------------------------------------
+def _is_retriever_refusal(error: TransportApiError) -> bool:
+    """A licence (403 ``license``) or version (400 unknown retriever) refusal of the retriever API."""
+    status = _status_of(error)
+    text = _describe(error.body, 2000).lower()
+    if status == 403 and "licen" in text:
+        return True
+    return status == 400 and "retriever" in text and ("unknown" in text or "parsing" in text or "not supported" in text)
+
+
+class ElasticsearchBackend:
+    """The Elasticsearch implementation of :class:`~clipfuse.plugin.protocol.Backend`.
+
+    ``client``: the caller's ``Elasticsearch`` (elasticsearch-py 8.x for an 8.x
+    cluster, 9.x for a 9.x cluster). ``refresh``: the ``refresh`` parameter of writes
+    (``False``: visible after the next refresh, about 1 s; ``"wait_for"``: the write
+    returns once searchable; ``True``: force a refresh, for tests only).
+    ``server_side_fusion``: also ask Elasticsearch for its fused ranking where it
+    computes the same fusion (needs an Enterprise / trial licence).
+    """
+
+    name = "elasticsearch"
+    lexical: Literal["sparse", "native"] = "native"
+
+    def __init__(
+        self,
+        client: Elasticsearch,
+        index: str,
+        *,
+        vector_index_type: VectorIndexType = "int8_hnsw",
+        server_side_fusion: bool = False,
+        refresh: bool | str = False,
+        exclude_vectors_from_source: bool = True,
+        chunk_size: int = 500,
+        max_retries: int = 3,
+        initial_backoff: float = 2.0,
+        max_backoff: float = 60.0,
+    ) -> None:
+        if vector_index_type not in VECTOR_INDEX_TYPES:
+            raise ConfigurationError(
+                f"unknown vector index type {vector_index_type!r}; choose one of {', '.join(VECTOR_INDEX_TYPES)}"
+            )
+        if refresh not in (True, False, "true", "false", "wait_for"):
+            raise ConfigurationError(f"refresh must be True, False or 'wait_for', got {refresh!r}")
+        self.client = client
+        self.index = index
+        self.vector_index_type: VectorIndexType = vector_index_type
+        self.server_side_fusion = server_side_fusion
+        self.refresh = refresh
+        self.exclude_vectors_from_source = exclude_vectors_from_source
+        self.chunk_size = chunk_size
+        self.max_retries = max_retries
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self._info: IndexInfo | None = None
+        #: set when the cluster refused the retriever API (licence / version): fuse client-side from then on
+        self.server_fusion_refused: str | None = None
+
+    def _bulk(self, actions: list[dict[str, Any]], what: str) -> Iterator[dict[str, Any]]:
+        """Send ``actions`` with the bulk helper; yield the per-item results that failed.
+
+        Items refused with 429 (and 502/503/504 where the helper can retry them) are
+        retried with exponential backoff (``initial_backoff`` doubling up to
+        ``max_backoff``, ``max_retries`` times) before they are yielded; a whole
+        request failing that way is retried too, then raised as retryable.
+        """
+        options: dict[str, Any] = {
+            "chunk_size": self.chunk_size,
+            "raise_on_error": False,
+            "raise_on_exception": True,
+            "max_retries": self.max_retries,
+            "initial_backoff": self.initial_backoff,
+            "max_backoff": self.max_backoff,
+            "yield_ok": False,
+            **self._write_params(),
+        }
+        if _BULK_RETRY_ON_STATUS:  # elasticsearch-py 8.16+; older clients retry 429 only
+            options["retry_on_status"] = _UNAVAILABLE_STATUS
+        with _errors(f"{what} in {self.index!r}"):
+            for ok, item in helpers.streaming_bulk(self.client, actions, **options):
+                if not ok:
+                    yield dict(next(iter(item.values())))
+
+    def _write_params(self) -> dict[str, Any]:
+        """Keyword arguments the bulk helper passes on to ``client.bulk``: the index (URL) and ``refresh``."""
+        params: dict[str, Any] = {"index": self.index}
+        if self.refresh not in (False, "false"):
+            params["refresh"] = self.refresh
+        return params
+
+    # -- schema --------------------------------------------------------------------
+    def _mapping(self) -> dict[str, Any] | None:
+        """The index's mappings, or None if it does not exist."""
+        with _errors(f"reading the mapping of {self.index!r}"):
+            try:
+                response = self.client.indices.get_mapping(index=self.index)
+            except TransportApiError as e:
+                if _status_of(e) == 404:
+                    return None
+                raise
+        body = dict(response.body) if hasattr(response, "body") else dict(response)
+        if not body:
+            return None
+        # keyed by the concrete index name (the name may be an alias)
+        first = next(iter(body.values()))
+        return dict(first.get("mappings") or {})
+
+    def index_info(self) -> IndexInfo | None:
+        mappings = self._mapping()
+        if mappings is None:
+            return None
+        properties = mappings.get("properties") or {}
+        vector = properties.get(IMAGE_FIELD) or {}
+        if vector.get("type") != "dense_vector" or "dims" not in vector:
+            raise ConfigurationError(
+                f"index {self.index!r} exists but was not made by clipfuse (no dense_vector field "
+                f"{IMAGE_FIELD!r} with dims); choose another index name (CLIPFUSE_INDEX)"
+            )
+        dim = int(vector["dims"])
+        meta = (mappings.get("_meta") or {}).get(_META_KEY)
+        meta = meta if isinstance(meta, Mapping) else {}
+        fields: dict[str, FieldType] = dict(meta.get("fields") or {})
+        # the mapping is authoritative (put_mapping merges server-side; _meta is last-writer-wins)
+        for name, spec in properties.items():
+            kind = _FIELD_TYPE_OF_MAPPING.get(str((spec or {}).get("type")))
+            if name not in RESERVED_FIELDS and kind is not None:
+                fields[name] = kind
+        info = IndexInfo(dim=dim, model=meta.get("model"), fields=fields)
+        self._info = info
+        return info
+
+    def _check_compatible(self, info: IndexInfo, *, dim: int, model: str | None) -> None:
+        if info.dim != dim:
+            raise ConfigurationError(
+                f"index {self.index!r} holds {info.dim}-dimensional vectors but the model {model or ''} makes "
+                f"{dim}: use the model the index was built with{f' ({info.model})' if info.model else ''}, "
+                "or another index (CLIPFUSE_INDEX)"
+            )
+        if info.model and model and info.model != model:
+            raise ConfigurationError(
+                f"index {self.index!r} was built with model {info.model!r}, not {model!r}: vectors of "
+                "different models are not comparable; re-index into a new index (CLIPFUSE_INDEX)"
+            )
+
+    def ensure_schema(self, *, dim: int, model: str | None) -> None:
+        info = self.index_info()
+        if info is not None:
+            self._check_compatible(info, dim=dim, model=model)
+            return
+        body = build_index_body(
+            dim, model, self.vector_index_type, exclude_vectors_from_source=self.exclude_vectors_from_source
+        )
+        with _errors(f"creating index {self.index!r}"):
+            try:
+                self.client.indices.create(index=self.index, mappings=body["mappings"], settings=body["settings"])
+            except TransportApiError as e:
+                if _status_of(e) != 400 or "resource_already_exists_exception" not in _describe(e.body):
+                    raise
+                # another worker created it first: check it is ours and compatible
+                log.info("index %r was created concurrently; checking its mapping", self.index)
+                raced = self.index_info()
+                if raced is None:  # pragma: no cover - deleted again in between
+                    raise
+                self._check_compatible(raced, dim=dim, model=model)
+                return
+        self._info = IndexInfo(dim=dim, model=model, fields={})
+
+    def register_fields(self, fields: Mapping[str, FieldType]) -> None:
+        info = self.index_info()  # fresh: other workers may have registered fields meanwhile
+        if info is None:
+            raise ConfigurationError(f"index {self.index!r} does not exist; index documents first")
+        # clipfuse's own fields keep their mapping; documents using these names are refused by upsert
+        new = {k: v for k, v in fields.items() if k not in info.fields and k not in RESERVED_FIELDS}
+        if not new:
+            return
+        merged = {**info.fields, **new}
+        with _errors(f"registering fields of {self.index!r}"):
+            self.client.indices.put_mapping(
+                index=self.index,
+                properties=build_field_mappings(new),
+                meta={_META_KEY: {"version": _SCHEMA_VERSION, "model": info.model, "dim": info.dim, "fields": merged}},
+            )
+        self._info = IndexInfo(dim=info.dim, model=info.model, fields=merged)
+
+    # -- writes --------------------------------------------------------------------
+    def _refusal(self, doc: IndexedDocument, dim: int) -> str | None:
+        """Why this document cannot be sent (checked before sending), or None."""
+        if len(doc.id.encode("utf-8")) > MAX_ID_BYTES:
+            return f"id is {len(doc.id.encode('utf-8'))} bytes in UTF-8; Elasticsearch ids are at most {MAX_ID_BYTES}"
+        reserved = sorted(k for k in doc.payload if k in (*VECTOR_FIELDS, "doc_id"))
+        if reserved:
+            return f"payload keys {reserved} are reserved by the Elasticsearch backend"
+        for name, vec in (("image", doc.image_vector), ("text", doc.text_vector)):
+            if vec is None:
+                continue
+            arr = np.asarray(vec)
+            if arr.shape != (dim,):
+                return f"{name} vector has {arr.size} dimensions (shape {tuple(arr.shape)}); the index expects {dim}"
+            if not np.all(np.isfinite(arr)):
+                return f"{name} vector has non-finite values"
+            if not float(np.abs(arr).max(initial=0.0)) > 0.0:
+                return f"{name} vector is all zeros; cosine similarity is undefined for it"
+        return None
+
+    def upsert(self, documents: Sequence[IndexedDocument]) -> dict[str, str]:
+        info = self._info or self.index_info()
+        if info is None:
+            raise ConfigurationError(f"index {self.index!r} does not exist; call ensure_schema first")
+        failures: dict[str, str] = {}
+        ready = []
+        for doc in documents:
+            reason = self._refusal(doc, info.dim)
+            if reason is not None:
+                failures[doc.id] = reason
+            else:
+                ready.append(doc)
+        if not ready:
+            return failures
+        unavailable: list[str] = []
+        for result in self._bulk(build_bulk_actions(ready, self.index), f"indexing {len(ready)} documents"):
+            doc_id = str(result.get("_id"))
+            status = int(result.get("status", 500))
+            if status in _UNAVAILABLE_STATUS:
+                unavailable.append(f"{doc_id}: {status} {_describe(result.get('error', ''), 200)}")
+            else:
+                failures[doc_id] = _describe(result.get("error", f"HTTP {status}"))
+        if unavailable:
+            raise BackendUnavailable(
+                f"Elasticsearch could not take {len(unavailable)} documents after {self.max_retries} retries "
+                f"(e.g. {unavailable[0]}); retry later"
+            )
+        return failures
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        problems: list[str] = []
+        unavailable = False
+        for result in self._bulk(build_bulk_delete_actions(ids, self.index), f"deleting {len(ids)} documents"):
+            status = int(result.get("status", 500))
+            if status == 404:  # already gone: deleting is idempotent
+                continue
+            unavailable = unavailable or status in _UNAVAILABLE_STATUS
+            problems.append(f"{result.get('_id')}: {status} {_describe(result.get('error', ''), 200)}")
+        if problems:
+            error = BackendUnavailable if unavailable else BackendError
+            raise error(f"Elasticsearch did not delete {len(problems)} documents (e.g. {problems[0]})")
+
+    def count(self) -> int:
+        """Documents visible to search (written with ``refresh=False``: after the next refresh)."""
+        with _errors(f"counting {self.index!r}"):
+            try:
+                response = self.client.count(index=self.index)
+            except TransportApiError as e:
+                if _status_of(e) == 404:
+                    return 0
+                raise
+        return int(response["count"])
+
+    # -- reads ---------------------------------------------------------------------
+    @staticmethod
+    def _ranked(
+        response: Mapping[str, Any], retriever: Retriever | None, payloads: dict[str, dict[str, Any]]
+    ) -> list[Ranked]:
+        ranked = []
+        for hit in (response.get("hits") or {}).get("hits") or []:
+            doc_id = str(hit["_id"])
+            score = float(hit.get("_score") or 0.0)
+            if retriever is not None and retriever.signal != "bm25":
+                # cosine _score is (1 + cos) / 2; report the cosine itself, as Qdrant does
+                score = 2.0 * score - 1.0
+            source = dict(hit.get("_source") or {})
+            for key in ("doc_id", *VECTOR_FIELDS):
+                source.pop(key, None)
+            payloads.setdefault(doc_id, source)
+            ranked.append(Ranked(doc_id, score))
+        return ranked
+
+    def search(self, query: HybridQuery) -> BackendResult:
+        searches = build_msearch(query, self.index)
+        with _errors(f"searching {self.index!r}"):
+            response = self.client.msearch(index=self.index, searches=searches)
+        responses = list(response["responses"])
+        if len(responses) != len(query.retrievers):
+            raise BackendError(f"Elasticsearch answered {len(responses)} searches for {len(query.retrievers)} sent")
+        payloads: dict[str, dict[str, Any]] = {}
+        lists = []
+        for retriever, item in zip(query.retrievers, responses, strict=True):
+            _check_response(item, f"searching {self.index!r} ({retriever.signal})")
+            lists.append(self._ranked(item, retriever, payloads))
+        fused = self._server_fused(query, payloads) if self.server_side_fusion else None
+        return BackendResult(lists=lists, fused=fused, payloads=payloads)
+
+    def _server_fused(self, query: HybridQuery, payloads: dict[str, dict[str, Any]]) -> list[Ranked] | None:
+        """Elasticsearch's own fused ranking, or None (unsupported fusion, or the cluster refuses retrievers)."""
+        if self.server_fusion_refused is not None:
+            return None
+        body = build_retriever_search(query, self.index)
+        if body is None:
+            log.debug("fusing client-side: %s", server_fusion_unsupported_reason(query))
+            return None
+        with _errors(f"searching {self.index!r} with the {query.fusion} retriever"):
+            try:
+                response = self.client.search(index=self.index, body=body)
+            except TransportApiError as e:
+                if not _is_retriever_refusal(e):
+                    raise
+                self.server_fusion_refused = _describe(e.body)
+                log.warning(
+                    "Elasticsearch refused the %s retriever (%s); fusing client-side from now on",
+                    query.fusion,
+                    self.server_fusion_refused,
+                )
+                return None
+        return self._ranked(response.body, None, payloads)
+
+    def close(self) -> None:
+        self.client.close()
