@@ -1,0 +1,116 @@
+"""The Celery application, built from settings.
+
+``celery -A clipfuse.workers.app worker`` finds the module-level :data:`app`
+(settings from the environment, ``CLIPFUSE_BROKER__URL`` etc.); ``clipfuse worker``
+wraps that command with the same defaults.
+
+What is configured here, and why (see ``docs/queue.md``):
+
+- JSON only, no result backend: messages are plain documents, readable by any client.
+- Late acknowledgement: a message is acknowledged after its documents are written
+  (or rejected into the dead-letter store), never when it is received.
+- The ``solo`` pool with one process per GPU: the batch runs in the process that
+  holds the broker connection, so if the worker dies, its connection dies with it
+  and every unacknowledged message is returned (a killed prefork *child* would
+  leave its batch's messages held by a live parent).
+- Prefetch of ``prefetch_multiplier x batch_messages`` messages: celery-batches can
+  only fill a batch from messages it has received.
+- Redis: a visibility timeout and a short restore interval, so that the messages of
+  a killed worker come back after ``visibility_timeout_s`` (plus at most
+  ``restore_interval_s``) and not later.
+- RabbitMQ: publisher confirms, so an enqueued document is in the broker when
+  :func:`clipfuse.workers.producer.enqueue` returns.
+
+Importing this module imports Celery, not torch: the model loads when a worker starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from clipfuse.settings import Settings, get_settings
+
+__all__ = ["INGEST_TASK", "app", "broker_kind", "create_app", "settings_of"]
+
+log = logging.getLogger(__name__)
+
+#: the one task that carries upserts and deletes (one name keeps them in order, see tasks.py)
+INGEST_TASK = "clipfuse.ingest"
+
+
+def broker_kind(url: str) -> str:
+    """``redis`` or ``amqp`` for a broker URL (``rediss``, ``pyamqp``, ``amqps`` included)."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("redis", "rediss", "redis+socket", "sentinel"):
+        return "redis"
+    if scheme in ("amqp", "amqps", "pyamqp", "librabbitmq"):
+        return "amqp"
+    return scheme
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    b = settings.broker
+    if broker_kind(b.url) == "redis":
+        return {
+            "visibility_timeout": b.visibility_timeout_s,
+            # kombu sweeps the unacked set every interval x throttle seconds (10 x 10 by default):
+            # scan on every tick so a killed worker's messages return soon after the timeout
+            "unacked_restore_interval": b.restore_interval_s,
+            "unacked_restore_throttle": 1,
+            # a worker killed while holding the restore mutex would otherwise block restores for 5 min
+            "unacked_mutex_expire": 60,
+        }
+    if broker_kind(b.url) == "amqp":
+        return {"confirm_publish": b.confirm_publish}
+    return {}
+
+
+def create_app(settings: Settings | None = None, *, set_as_current: bool = False) -> Celery:
+    """A Celery app for ``settings`` with clipfuse's task registered."""
+    settings = settings or get_settings()
+    b, w = settings.broker, settings.worker
+    app = Celery("clipfuse", broker=b.url, set_as_current=set_as_current)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        event_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        # protects ordinary tasks in a prefork child; batches are protected by the solo pool instead
+        task_reject_on_worker_lost=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_pool="solo",
+        worker_concurrency=1,
+        worker_prefetch_multiplier=w.prefetch_multiplier * w.batch_messages,
+        worker_send_task_events=False,
+        task_default_queue=b.queue,
+        task_default_exchange=b.queue,
+        task_default_routing_key=b.queue,
+        task_create_missing_queues=True,
+        broker_transport_options=transport_options(settings),
+        broker_heartbeat=b.heartbeat_s,
+        broker_connection_retry_on_startup=True,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3},
+    )
+    app.clipfuse_settings = settings  # type: ignore[attr-defined]
+
+    from clipfuse.workers.tasks import register_tasks
+
+    register_tasks(app, settings)
+    return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings an app was built from."""
+    settings = getattr(app, "clipfuse_settings", None)
+    return settings if isinstance(settings, Settings) else get_settings()
+
+
+#: the app ``celery -A clipfuse.workers.app worker`` runs (settings from the environment)
+app = create_app(set_as_current=True)
