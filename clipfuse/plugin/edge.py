@@ -1,0 +1,648 @@
+"""Qdrant Edge backend: Qdrant's own Rust engine in-process (``qdrant-edge-py``), no server.
+
+Layout (the same as :mod:`clipfuse.plugin.qdrant`, so a collection means the same
+thing on both): one Edge shard per collection at ``<path>/<collection>/``, with
+named dense vectors ``image`` and ``text`` (cosine), a sparse vector ``bm25`` with
+``Modifier.Idf``, payload = the document's texts and attributes plus ``doc_id``,
+payload indexes on ``doc_id`` and on every registered attribute field. Point id =
+``uuid5(POINT_NAMESPACE, doc_id)``.
+
+Edge has no collection metadata, so clipfuse's record (model, dimension, field
+types) lives in a JSON sidecar next to the shard, ``<path>/<collection>.clipfuse.json``,
+replaced atomically (write a temporary file, fsync, ``os.replace``).
+
+One process at a time: opening a store takes an exclusive lock on
+``<path>/<collection>.lock`` (and Edge locks its write-ahead log); a second
+process gets a :class:`~clipfuse.errors.ConfigurationError` naming the lock.
+
+Index building: upserts land in plain (brute-force, exact) segments. The HNSW
+graphs are built by :meth:`EdgeBackend.optimize`, which blocks and is heavy: call
+it after a bulk index (``clipfuse index``) or explicitly (``clipfuse optimize``),
+never while serving. Searches before it are correct, only slower on big stores.
+
+Hybrid search runs one ``query_batch``: one request per signal (each signal's
+candidates and raw scores) plus, when Edge can fuse the request itself (RRF with
+an integer constant, or unweighted DBSF: the same rules as
+:func:`clipfuse.plugin.qdrant.native_fusion`), the fused query with the signals as
+prefetches. Reading payloads is most of a query's cost, so the per-signal requests
+return none: the backend keeps a map point id -> document id (uuid5 cannot be
+inverted; an entry never goes stale), filled by upserts, by the hits it reads and, for
+a long-lived service, by :meth:`EdgeBackend.warm_ids`. Only the hits' payloads are
+read: from the fused request, or, when clipfuse fuses, for the top ``limit`` of the
+same fusion the searcher will compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import qdrant_edge as qe
+
+from clipfuse.errors import BackendError, ConfigurationError
+from clipfuse.plugin.fusion import Ranked, fuse, qdrant_rrf_k
+from clipfuse.plugin.protocol import (
+    POINT_NAMESPACE,
+    BackendResult,
+    HybridQuery,
+    IndexedDocument,
+    IndexInfo,
+    Retriever,
+    point_id,
+)
+from clipfuse.schemas import FieldType, FilterCondition
+
+try:  # POSIX advisory locks; elsewhere Edge's own WAL lock still refuses a second opener
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["EdgeBackend", "build_edge_filter", "build_edge_requests", "edge_native_fusion"]
+
+log = logging.getLogger(__name__)
+
+IMAGE, TEXT, BM25 = "image", "text", "bm25"
+_SCHEMA_VERSION = 1
+_USING = {"image": IMAGE, "text": TEXT, "bm25": BM25}
+_PAYLOAD_INDEX = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "number": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool,
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_DOC_ID_ONLY = qe.PayloadSelector.Include(["doc_id"])  # type: ignore[call-arg]
+
+
+# --------------------------------------------------------------------------- errors
+def _is_lock_error(e: BaseException) -> bool:
+    text = str(e)
+    return "WouldBlock" in text or "Resource temporarily unavailable" in text or "already locked" in text
+
+
+@contextmanager
+def _errors(action: str) -> Iterator[None]:
+    """Map Edge's errors (plain ``Exception`` with a message) to clipfuse's."""
+    try:
+        yield
+    except (ConfigurationError, BackendError):
+        raise
+    except Exception as e:
+        raise BackendError(f"Qdrant Edge failed while {action}: {e}") from e
+
+
+# --------------------------------------------------------------------------- filters
+def _value_condition(key: str, value: Any) -> Any:
+    """One ``field == value`` condition, typed by the (already coerced) value."""
+    if isinstance(value, bool):
+        # qdrant-edge-py 0.9 reads a Python bool as an int (bool subclasses int), so MatchValue(False)
+        # would look for the integer 0 and match nothing; a numpy bool is read as a bool.
+        return qe.FieldCondition(key=key, match=qe.MatchValue(np.bool_(value)))  # type: ignore[arg-type]
+    if isinstance(value, (int, float)):  # numbers are stored and indexed as floats: compare as a range
+        v = float(value)
+        return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=v, lte=v))
+    return qe.FieldCondition(key=key, match=qe.MatchValue(str(value)))
+
+
+def _condition(c: FilterCondition) -> tuple[list[Any], list[Any]]:
+    """(must, must_not) conditions for one checked filter."""
+    key = c.field
+    if c.op in ("lt", "lte", "gt", "gte"):
+        return [qe.FieldCondition(key=key, range=qe.RangeFloat(**{c.op: float(c.value)}))], []  # type: ignore[arg-type]
+    if c.op in ("in", "nin"):
+        values = list(c.value) if isinstance(c.value, list) else [c.value]
+        if all(isinstance(v, str) for v in values):
+            cond: Any = qe.FieldCondition(key=key, match=qe.MatchAny([str(v) for v in values]))
+        else:
+            cond = qe.Filter(should=[_value_condition(key, v) for v in values])
+        return ([cond], []) if c.op == "in" else ([], [cond])
+    single = _value_condition(key, c.value)
+    return ([single], []) if c.op == "eq" else ([], [single])
+
+
+def build_edge_filter(filters: Sequence[FilterCondition]) -> qe.Filter | None:
+    """Translate checked filters (see :func:`clipfuse.plugin.filters.resolve_filters`) to an Edge filter.
+
+    Values are typed match values or ranges, never query syntax. A list-valued
+    attribute matches when any of its items does (Qdrant semantics).
+    """
+    if not filters:
+        return None
+    must: list[Any] = []
+    must_not: list[Any] = []
+    for condition in filters:
+        m, n = _condition(condition)
+        must.extend(m)
+        must_not.extend(n)
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+# --------------------------------------------------------------------------- queries
+def _query_vector(r: Retriever) -> Any:
+    if r.signal == "bm25":
+        if r.sparse is None:
+            raise BackendError("the bm25 retriever needs a sparse vector for Qdrant Edge")
+        return qe.Query.Nearest(qe.SparseVector(list(r.sparse.indices), list(r.sparse.values)), using=BM25)
+    if r.dense is None:
+        raise BackendError(f"the {r.signal} retriever needs a dense vector")
+    return qe.Query.Nearest([float(x) for x in r.dense], using=_USING[r.signal])
+
+
+def edge_native_fusion(query: HybridQuery) -> Any | None:
+    """The fusion Edge runs itself for this request, or None (then clipfuse fuses client-side).
+
+    Same rules as :func:`clipfuse.plugin.qdrant.native_fusion`: RRF when ``k`` is a
+    whole number (Edge's constant is ``k + 1``, see :func:`qdrant_rrf_k`), with
+    weights unless they are all 1; DBSF only unweighted.
+    """
+    if len(query.retrievers) < 2:
+        return None
+    weights = [float(r.weight) for r in query.retrievers]
+    if query.fusion == "rrf" and float(query.rrf_k).is_integer():
+        uniform = all(w == weights[0] for w in weights)
+        return qe.Fusion.Rrf(k=qdrant_rrf_k(query.rrf_k), weights=None if uniform and weights[0] == 1.0 else weights)
+    if query.fusion == "dbsf" and all(w == 1.0 for w in weights):
+        return qe.Fusion.Dbsf()
+    return None
+
+
+def build_edge_requests(
+    query: HybridQuery, params: qe.SearchParams | None = None, *, engine_fusion: bool = True
+) -> tuple[list[Any], bool]:
+    """The batch for one hybrid query; second item: whether the last request is Edge-fused.
+
+    Per-signal requests carry no payload (reading payloads is most of a query's cost: the
+    backend maps point ids back to document ids itself); the fused request carries the
+    payloads of the hits.
+    """
+    flt = build_edge_filter(query.filters)
+    requests = [
+        qe.QueryRequest(limit=query.candidates, query=_query_vector(r), filter=flt, params=params, with_payload=False)
+        for r in query.retrievers
+    ]
+    fusion = edge_native_fusion(query) if engine_fusion else None
+    if fusion is not None:
+        prefetches = [
+            qe.Prefetch(limit=query.candidates, query=_query_vector(r), filter=flt, params=params)
+            for r in query.retrievers
+        ]
+        requests.append(qe.QueryRequest(limit=query.limit, query=fusion, prefetches=prefetches, with_payload=True))
+    return requests, fusion is not None
+
+
+# --------------------------------------------------------------------------- backend
+class EdgeBackend:
+    """The Qdrant Edge implementation of :class:`~clipfuse.plugin.protocol.Backend`.
+
+    ``path`` is a folder holding one shard per collection. Fixed when a shard is
+    created (a reopened shard keeps its own): ``hnsw_m`` / ``ef_construct`` (the HNSW
+    graphs :meth:`optimize` builds), ``indexing_threshold_kb`` (segments smaller than
+    this keep brute-force search; default Edge's, 10 MB of vectors per segment, ~20k
+    128-d vectors) and ``full_scan_threshold_kb`` (a filtered search whose matching
+    points hold fewer vector bytes than this is brute-forced over them, else it walks
+    the HNSW graph with the filter). The default 1,000 KB is 10x below Qdrant's: on
+    the 2-core benchmark machine a 12k-point filter took 2 ms as a scan and 0.4 ms
+    through the graph, at the same Recall@10 (docs/benchmarks.md). Per search:
+    ``ef`` (HNSW beam width; 64 gave Recall@10 >= 0.999 on the demo embeddings) and
+    ``exact`` (brute force even where a graph exists). ``engine_fusion=False`` makes
+    clipfuse fuse every query client-side (the same formulas; slower in the benchmark).
+    """
+
+    name = "qdrant-edge"
+    lexical: Literal["sparse", "native"] = "sparse"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        collection: str = "products",
+        *,
+        hnsw_m: int = 16,
+        ef_construct: int = 100,
+        ef: int | None = 64,
+        exact: bool = False,
+        full_scan_threshold_kb: int = 1_000,
+        indexing_threshold_kb: int | None = None,
+        upsert_batch: int = 512,
+        engine_fusion: bool = True,
+    ) -> None:
+        if not _NAME_RE.match(collection) or len(collection) > 200:
+            raise ConfigurationError(
+                f"collection name {collection[:80]!r} cannot name a Qdrant Edge shard folder: use letters, digits, "
+                "'_', '-' and '.' (not starting with '.' or '-')"
+            )
+        self.path = Path(path)
+        self.collection = collection
+        self.hnsw_m = hnsw_m
+        self.ef_construct = ef_construct
+        self.ef = ef
+        self.exact = exact
+        self.full_scan_threshold_kb = full_scan_threshold_kb
+        self.indexing_threshold_kb = indexing_threshold_kb
+        self.upsert_batch = upsert_batch
+        self.engine_fusion = engine_fusion
+        self._shard: qe.EdgeShard | None = None
+        self._lock_file: Any = None
+        self._info: IndexInfo | None = None
+        self._mutex = threading.RLock()
+        self._closed = False
+        #: point id -> document id. Point ids are uuid5(doc id), so an entry never goes stale; it spares
+        #: reading every candidate's payload just to learn its document id.
+        self._doc_ids: dict[uuid.UUID, str] = {}
+        self.max_cached_ids = 2_000_000
+        if self._exists():
+            self._open()
+
+    # -- files -----------------------------------------------------------------------
+    @property
+    def shard_path(self) -> Path:
+        return self.path / self.collection
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / f"{self.collection}.clipfuse.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / f"{self.collection}.lock"
+
+    def _exists(self) -> bool:
+        return (self.shard_path / "edge_config.json").is_file()
+
+    def _acquire_lock(self) -> None:
+        if self._lock_file is not None or fcntl is None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_path, "a+")  # noqa: SIM115 - held for the backend's lifetime
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            handle.close()
+            raise self._locked_error() from e
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)  # type: ignore[union-attr]
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _locked_error(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"the Qdrant Edge store {self.shard_path} is open in another process (lock {self.lock_path} / "
+            f"{self.shard_path / 'wal'} is held: a worker, a service or another clipfuse command). An embedded "
+            "store allows one process at a time: stop that process, or run a Qdrant server for concurrent access."
+        )
+
+    def _config(self, dim: int) -> qe.EdgeConfig:
+        hnsw = qe.HnswIndexConfig(
+            m=self.hnsw_m, ef_construct=self.ef_construct, full_scan_threshold=self.full_scan_threshold_kb
+        )
+        optimizers = (
+            qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
+            if self.indexing_threshold_kb is not None
+            else None
+        )
+        return qe.EdgeConfig(
+            vectors={
+                IMAGE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+                TEXT: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            },
+            sparse_vectors={BM25: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            hnsw_config=hnsw,
+            optimizers=optimizers,
+            # kept in the page cache: reading payloads (document ids for the candidates, the hits'
+            # payloads) is most of a query's cost on the default cold storage (3x slower measured)
+            payload_memory=qe.Memory.Cached,
+        )
+
+    def _open(self, *, create_dim: int | None = None) -> qe.EdgeShard:
+        """Open (or, with ``create_dim``, create) the shard, taking the process lock first."""
+        with self._mutex:
+            if self._shard is not None:
+                return self._shard
+            self._acquire_lock()
+            try:
+                if create_dim is not None and not self._exists():
+                    self.shard_path.mkdir(parents=True, exist_ok=True)
+                    shard = qe.EdgeShard.create(str(self.shard_path), self._config(create_dim))
+                else:
+                    shard = qe.EdgeShard.load(str(self.shard_path))
+            except Exception as e:
+                self._release_lock()
+                if _is_lock_error(e):
+                    raise self._locked_error() from e
+                raise BackendError(f"cannot open the Qdrant Edge store {self.shard_path}: {e}") from e
+            self._shard = shard
+            self._closed = False
+            return shard
+
+    def _require(self) -> qe.EdgeShard | None:
+        """The open shard, or None when the store does not exist (yet)."""
+        if self._shard is not None:
+            return self._shard
+        if self._closed:
+            raise BackendError(f"the Qdrant Edge store {self.shard_path} is closed")
+        return self._open() if self._exists() else None
+
+    def _read_meta(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise ConfigurationError(
+                f"cannot read clipfuse's record of {self.collection!r} at {self.meta_path}: {e}"
+            ) from e
+        return data if isinstance(data, dict) else None
+
+    def _write_meta(self, info: IndexInfo) -> None:
+        """Replace the sidecar atomically: a reader sees the old record or the new one, never half."""
+        body = {"version": _SCHEMA_VERSION, "model": info.model, "dim": info.dim, "fields": dict(info.fields)}
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.collection}.", suffix=".tmp", dir=self.path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(body, f, indent=2, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.meta_path)
+            with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
+                dir_fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _shard_dim(self) -> int:
+        """The dimension Edge recorded for the shard (and a check that clipfuse made it)."""
+        try:
+            config = json.loads((self.shard_path / "edge_config.json").read_text(encoding="utf-8"))
+            vectors = config.get("vectors") or {}
+        except (OSError, ValueError, AttributeError) as e:
+            raise ConfigurationError(f"cannot read {self.shard_path / 'edge_config.json'}: {e}") from e
+        if not isinstance(vectors, Mapping) or IMAGE not in vectors or TEXT not in vectors:
+            raise ConfigurationError(
+                f"the Qdrant Edge store {self.shard_path} exists but was not made by clipfuse (no named vectors "
+                f"'{IMAGE}' and '{TEXT}'); choose another name with CLIPFUSE_INDEX"
+            )
+        return int(vectors[IMAGE]["size"])
+
+    # -- schema ----------------------------------------------------------------------
+    def index_info(self) -> IndexInfo | None:
+        if not self._exists():
+            return None
+        dim = self._shard_dim()
+        meta = self._read_meta()
+        if meta is None:
+            return IndexInfo(dim=dim, model=None, fields={})
+        return IndexInfo(dim=dim, model=meta.get("model"), fields=dict(meta.get("fields") or {}))
+
+    def ensure_schema(self, *, dim: int, model: str | None) -> None:
+        info = self.index_info()
+        if info is not None:
+            if info.dim != dim:
+                raise ConfigurationError(
+                    f"collection {self.collection!r} holds {info.dim}-dimensional vectors but the model "
+                    f"{model or ''} makes {dim}: use the model the collection was built with"
+                    f"{f' ({info.model})' if info.model else ''}, or another collection (CLIPFUSE_INDEX)"
+                )
+            if info.model and model and info.model != model:
+                raise ConfigurationError(
+                    f"collection {self.collection!r} was built with model {info.model!r}, not {model!r}: "
+                    "vectors of different models are not comparable; re-index into a new collection"
+                )
+            self._require()
+            self._info = info
+            return
+        shard = self._open(create_dim=dim)
+        with _errors(f"creating the payload index of {self.collection!r}"):
+            shard.update(qe.UpdateOperation.create_field_index("doc_id", qe.PayloadSchemaType.Keyword))
+        info = IndexInfo(dim=dim, model=model, fields={})
+        self._write_meta(info)
+        self._info = info
+
+    def register_fields(self, fields: Mapping[str, FieldType]) -> None:
+        info = self._info or self.index_info()
+        if info is None:
+            raise ConfigurationError(f"collection {self.collection!r} does not exist; index documents first")
+        new = {k: v for k, v in fields.items() if k not in info.fields}
+        if not new:
+            return
+        shard = self._require()
+        assert shard is not None
+        with _errors(f"registering fields of {self.collection!r}"):
+            for name, kind in new.items():
+                shard.update(qe.UpdateOperation.create_field_index(name, _PAYLOAD_INDEX[kind]))
+        merged = IndexInfo(dim=info.dim, model=info.model, fields={**info.fields, **new})
+        self._write_meta(merged)
+        self._info = merged
+
+    # -- writes ----------------------------------------------------------------------
+    def _point(self, doc: IndexedDocument) -> qe.Point:
+        pid = uuid.uuid5(POINT_NAMESPACE, doc.id)  # == point_id(doc.id)
+        self._remember(pid, doc.id)
+        vector: dict[str, Any] = {}
+        if doc.image_vector is not None:
+            vector[IMAGE] = doc.image_vector.astype("float32").tolist()
+        if doc.text_vector is not None:
+            vector[TEXT] = doc.text_vector.astype("float32").tolist()
+        if doc.sparse is not None and len(doc.sparse):
+            vector[BM25] = qe.SparseVector(list(doc.sparse.indices), list(doc.sparse.values))
+        return qe.Point(str(pid), vector, {**doc.payload, "doc_id": doc.id})
+
+    def upsert(self, documents: Sequence[IndexedDocument]) -> dict[str, str]:
+        info = self._info or self.index_info()
+        if info is None:
+            raise ConfigurationError(f"collection {self.collection!r} does not exist; call ensure_schema first")
+        shard = self._require()
+        assert shard is not None
+        failures: dict[str, str] = {}
+        points = []
+        for doc in documents:
+            for name, vec in ((IMAGE, doc.image_vector), (TEXT, doc.text_vector)):
+                if vec is not None and vec.shape != (info.dim,):
+                    failures[doc.id] = (
+                        f"{name} vector has shape {tuple(vec.shape)}, the collection expects ({info.dim},)"
+                    )
+            if doc.id not in failures:
+                points.append(self._point(doc))
+        for start in range(0, len(points), self.upsert_batch):
+            chunk = points[start : start + self.upsert_batch]
+            with _errors(f"upserting {len(chunk)} points into {self.collection!r}"):
+                shard.update(qe.UpdateOperation.upsert_points(chunk))
+        return failures
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        shard = self._require()
+        if shard is None:
+            return
+        with _errors(f"deleting from {self.collection!r}"):
+            shard.update(qe.UpdateOperation.delete_points([point_id(i) for i in ids]))
+
+    def count(self) -> int:
+        shard = self._require()
+        if shard is None:
+            return 0
+        with _errors(f"counting {self.collection!r}"):
+            return int(shard.count(qe.CountRequest(exact=True)))
+
+    # -- index building --------------------------------------------------------------
+    def optimize(self) -> bool:
+        """Build the HNSW graphs and merge segments (blocking, CPU-heavy). True if anything changed.
+
+        Call after a bulk index, or from ``clipfuse optimize``; never from a query path.
+        """
+        shard = self._require()
+        if shard is None:
+            return False
+        with _errors(f"optimizing {self.collection!r}"):
+            changed = bool(shard.optimize())
+            shard.flush()
+        return changed
+
+    def stats(self) -> dict[str, int]:
+        """Segments, points and indexed vectors as Edge reports them (for ``clipfuse`` status output)."""
+        shard = self._require()
+        if shard is None:
+            return {"segments": 0, "points": 0, "indexed_vectors": 0}
+        with _errors(f"reading the state of {self.collection!r}"):
+            info = shard.info()
+        return {
+            "segments": int(info.segments_count),
+            "points": int(info.points_count),
+            "indexed_vectors": int(info.indexed_vectors_count),
+        }
+
+    # -- reads -----------------------------------------------------------------------
+    def _params(self) -> qe.SearchParams | None:
+        if self.ef is None and not self.exact:
+            return None
+        return qe.SearchParams(hnsw_ef=self.ef, exact=self.exact)
+
+    def _remember(self, pid: Any, doc_id: str) -> None:
+        if len(self._doc_ids) < self.max_cached_ids:  # past the cap, unknown ids are read per query
+            self._doc_ids[pid if isinstance(pid, uuid.UUID) else uuid.UUID(str(pid))] = doc_id
+
+    def _learn_doc_ids(self, shard: qe.EdgeShard, pids: set[Any]) -> dict[Any, str]:
+        """Read the document ids of points not seen yet (their ``doc_id`` payload field only)."""
+        with _errors(f"reading document ids from {self.collection!r}"):
+            records = shard.retrieve(list(pids), with_payload=_DOC_ID_ONLY, with_vector=False)
+        learned = {}
+        for record in records:
+            doc_id = (record.payload or {}).get("doc_id")
+            pid = record.id
+            learned[pid] = str(doc_id) if doc_id is not None else str(pid)
+            self._remember(pid, learned[pid])
+        return learned
+
+    def warm_ids(self) -> int:
+        """Learn every point's document id up front (one scroll; for long-lived services). Returns the count."""
+        shard = self._require()
+        if shard is None:
+            return 0
+        offset: Any = None
+        seen = 0
+        while True:
+            with _errors(f"reading document ids from {self.collection!r}"):
+                records, offset = shard.scroll(
+                    qe.ScrollRequest(offset=offset, limit=4096, with_payload=_DOC_ID_ONLY, with_vector=False)
+                )
+            for record in records:
+                doc_id = (record.payload or {}).get("doc_id")
+                self._remember(record.id, str(doc_id) if doc_id is not None else str(record.id))
+            seen += len(records)
+            if offset is None or not records:
+                return seen
+
+    def search(self, query: HybridQuery) -> BackendResult:
+        shard = self._require()
+        if shard is None:
+            return BackendResult(lists=[[] for _ in query.retrievers], fused=None)
+        requests, fused_by_engine = build_edge_requests(query, self._params(), engine_fusion=self.engine_fusion)
+        with _errors(f"searching {self.collection!r}"):
+            responses = shard.query_batch(qe.QueryBatchRequest(requests))
+        payloads: dict[str, dict[str, Any]] = {}
+        fused: list[Ranked] | None = None
+        if fused_by_engine:
+            fused = []
+            for p in responses.pop():
+                payload = dict(p.payload or {})
+                doc_id = str(payload.pop("doc_id", p.id))
+                payloads[doc_id] = payload
+                fused.append(Ranked(doc_id, float(p.score)))
+        # (point id, score) per signal; ScoredPoint.id builds a new uuid.UUID on every access: read it once
+        hits = [[(p.id, p.score) for p in response] for response in responses]
+        known: dict[Any, str] = self._doc_ids
+        unknown = {pid for signal in hits for pid, _ in signal if pid not in known}
+        learned = self._learn_doc_ids(shard, unknown) if unknown else {}
+        lists = [
+            [Ranked(name, float(score)) for pid, score in signal if (name := known.get(pid) or learned.get(pid))]
+            for signal in hits
+        ]
+        if fused is None:
+            # clipfuse fuses client-side: read the payloads of the hits it will show, found by the same fusion
+            try:
+                top = fuse(
+                    query.fusion, lists, k=query.rrf_k, weights=[r.weight for r in query.retrievers], limit=query.limit
+                )
+                wanted = {f.id for f in top}
+            except ValueError:
+                wanted = {r.id for ranked in lists for r in ranked}
+            if wanted:
+                with _errors(f"reading payloads from {self.collection!r}"):
+                    records = shard.retrieve([point_id(i) for i in wanted], with_payload=True, with_vector=False)
+                for record in records:
+                    payload = dict(record.payload or {})
+                    payloads[str(payload.pop("doc_id", record.id))] = payload
+        return BackendResult(lists=lists, fused=fused, payloads=payloads)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def flush(self) -> None:
+        if self._shard is not None:
+            with _errors(f"flushing {self.collection!r}"):
+                self._shard.flush()
+
+    def close(self) -> None:
+        """Flush, close the shard and release the lock (idempotent)."""
+        with self._mutex:
+            shard, self._shard = self._shard, None
+            try:
+                if shard is not None:
+                    with _errors(f"closing {self.collection!r}"):
+                        shard.flush()
+                        shard.close()
+            finally:
+                self._release_lock()
+                self._closed = True
+
+    def __enter__(self) -> EdgeBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten backend still releases the lock
+        with contextlib.suppress(Exception):
+            self.close()
