@@ -52,7 +52,7 @@ __all__ = [
     "SearchRequest",
     "SearchResponse",
     "Weights",
+    "__version__",
     "enqueue",
     "enqueue_delete",
-    "__version__",
 ]

@@ -41,7 +41,11 @@ IndexOpt = Annotated[
 ]
 StoreOpt = Annotated[
     Optional[Path],
-    typer.Option("--store", help="embedded store folder [env CLIPFUSE_QDRANT__PATH; default clipfuse-data/qdrant]"),
+    typer.Option(
+        "--store",
+        help="embedded store folder [env CLIPFUSE_EDGE__PATH, or CLIPFUSE_QDRANT__PATH with CLIPFUSE_BACKEND=qdrant; "
+        "default clipfuse-data/edge]; a folder holding a qdrant-client local store is opened with qdrant-client",
+    ),
 ]
 
 
@@ -55,9 +59,9 @@ def _settings(model: str | None = None, index: str | None = None, store: Path | 
             None if model in (DEMO_MODEL,) or model.startswith(("hf-hub:", "local-dir:")) else settings.model.pretrained
         )
         update["model"] = settings.model.model_copy(update={"name": model, "pretrained": pretrained})
-    if store:
-        update["qdrant"] = settings.qdrant.model_copy(update={"path": store})
     settings = settings.model_copy(update=update)
+    if store:
+        settings = settings.with_store(store)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     return settings
 
@@ -106,8 +110,13 @@ def _count_catalog(path: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def run_index(settings: Settings, path: Path, *, show_progress: bool = True) -> IngestReport:
-    """Index a JSONL catalog or a folder of images in-process (the CLI's and the demo's path)."""
+def run_index(settings: Settings, path: Path, *, show_progress: bool = True, optimize: bool = True) -> IngestReport:
+    """Index a JSONL catalog or a folder of images in-process (the CLI's and the demo's path).
+
+    On an engine with an explicit index build (Qdrant Edge), the HNSW graphs are built
+    once at the end of the bulk index (``optimize=False`` leaves that to ``clipfuse optimize``;
+    searches are exact and correct either way, only slower on large catalogs).
+    """
     from clipfuse.factory import build_indexer
 
     if not path.exists():
@@ -122,9 +131,21 @@ def run_index(settings: Settings, path: Path, *, show_progress: bool = True) -> 
         with _progress() as progress:
             task = progress.add_task(f"indexing {path.name}", total=total, visible=show_progress)
             report = indexer.index(documents, on_batch=lambda r, n: progress.advance(task, n))
+        if optimize and report.indexed:
+            _optimize(indexer.backend, show_progress=show_progress)
     finally:
         indexer.backend.close()
     return report
+
+
+def _optimize(backend: Any, *, show_progress: bool = True) -> bool | None:
+    """Build the engine's search index now (Qdrant Edge's HNSW graphs); ``None`` when it has nothing to build."""
+    optimize = getattr(backend, "optimize", None)
+    if not callable(optimize):
+        return None
+    with _progress() as progress:
+        progress.add_task("building the search index (HNSW)", total=None, visible=show_progress)
+        return bool(optimize())
 
 
 def _print_report(report: IngestReport, report_path: Path | None) -> None:
@@ -155,17 +176,24 @@ def index(
     report: Annotated[
         Optional[Path], typer.Option(help="write the full report (with every rejection) as JSON here")
     ] = None,
+    optimize: Annotated[
+        bool,
+        typer.Option(
+            help="build the search index (Qdrant Edge's HNSW graphs) after indexing; --no-optimize when more "
+            "batches follow, then run `clipfuse optimize` once"
+        ),
+    ] = True,
 ) -> None:
     """Index a catalog in-process into the store, with a progress bar and a report of rejections."""
     extra = {"batch_size": batch_size} if batch_size else {}
     settings = _settings(model, index, store, **extra)
     try:
-        result = run_index(settings, path)
+        result = run_index(settings, path, optimize=optimize)
     except ClipfuseError as e:
         _fail(e)
     _print_report(result, report)
     if report is None and result.rejected:
-        fallback = Path(settings.qdrant.path).parent / "last-index-report.json"
+        fallback = (settings.embedded_store or Path("clipfuse-data")).parent / "last-index-report.json"
         fallback.parent.mkdir(parents=True, exist_ok=True)
         fallback.write_text(result.model_dump_json(indent=2))
         console.print(f"rejections written to {fallback}")
@@ -297,7 +325,11 @@ def info(index: IndexOpt = None, store: StoreOpt = None) -> None:
     if meta is None:
         console.print(f"index {settings.index!r} does not exist")
         raise typer.Exit(1)
-    console.print(f"index [bold]{settings.index}[/]: {count} documents, model {meta.model}, dim {meta.dim}")
+    where = settings.embedded_store or "server"
+    console.print(
+        f"index [bold]{settings.index}[/] ({settings.engine}, {where}): {count} documents, "
+        f"model {meta.model}, dim {meta.dim}"
+    )
     console.print("filterable fields: " + (", ".join(f"{k} ({v})" for k, v in sorted(meta.fields.items())) or "none"))
 
 
@@ -318,6 +350,36 @@ def delete(
     except ClipfuseError as e:
         _fail(e)
     console.print(f"deleted {len(ids)} document(s)")
+
+
+@app.command()
+def optimize(index: IndexOpt = None, store: StoreOpt = None) -> None:
+    """Build the search index of an embedded Qdrant Edge store (HNSW graphs; blocking, CPU-heavy).
+
+    `clipfuse index` does this after each run; use it after `clipfuse index --no-optimize`
+    or after workers have written into an Edge store. Searches are correct before it, only slower.
+    """
+    import time
+
+    from clipfuse.factory import build_backend
+
+    settings = _settings(None, index, store)
+    try:
+        backend = build_backend(settings)
+        started = time.perf_counter()
+        try:
+            changed = _optimize(backend)
+            stats = getattr(backend, "stats", lambda: None)()
+        finally:
+            backend.close()
+    except ClipfuseError as e:
+        _fail(e)
+    if changed is None:
+        console.print(f"the {settings.engine} engine builds its index by itself: nothing to do")
+        return
+    elapsed = time.perf_counter() - started
+    detail = f" ({stats['points']} points, {stats['segments']} segment(s))" if stats else ""
+    console.print(f"{'index built' if changed else 'index already up to date'} in {elapsed:.1f}s{detail}")
 
 
 @app.command()
@@ -370,15 +432,15 @@ def serve(
         update["port"] = port
     if catalog_root:
         update["catalog_root"] = catalog_root.resolve()
-    embedded = settings.backend == "qdrant" and not settings.qdrant.url
-    if not catalog_root and settings.service.catalog_root is None and embedded:
-        guess = Path(settings.qdrant.path).parent / "catalog"
+    embedded = settings.embedded_store
+    if not catalog_root and settings.service.catalog_root is None and embedded is not None:
+        guess = embedded.parent / "catalog"
         if guess.is_dir():
             update["catalog_root"] = guess.resolve()
     settings = settings.model_copy(update={"service": settings.service.model_copy(update=update)})
-    if embedded:
+    if embedded is not None:
         err.print(
-            f"[dim]serving the embedded store {settings.qdrant.path} (one process at a time: stop the service "
+            f"[dim]serving the embedded store {embedded} (one process at a time: stop the service "
             "before indexing into it; production runs a Qdrant server, CLIPFUSE_QDRANT__URL)[/]"
         )
     try:

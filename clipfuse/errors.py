@@ -26,6 +26,7 @@ __all__ = [
     "EmbeddingError",
     "InvalidDocument",
     "InvalidQuery",
+    "StoreLocked",
 ]
 
 
@@ -45,6 +46,10 @@ class ClipfuseError(Exception):
 
 class ConfigurationError(ClipfuseError):
     """The configuration (settings, arguments, model files) cannot work."""
+
+
+class StoreLocked(ConfigurationError):
+    """An embedded store is open in another process; it allows one at a time (workers wait and retry)."""
 
 
 class InvalidQuery(ClipfuseError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipfuse.errors import ConfigurationError
+from clipfuse.errors import ConfigurationError, StoreLocked
 from clipfuse.images import ImageLimits, ImageLoader
 from clipfuse.settings import ImageSettings, ModelSettings, Settings
 
@@ -49,7 +49,7 @@ def open_qdrant_client(settings: Settings) -> QdrantClient:
         return QdrantClient(path=str(path))
     except RuntimeError as e:
         if "already accessed" in str(e):
-            raise ConfigurationError(
+            raise StoreLocked(
                 f"the embedded Qdrant store at {path} is open in another process (a worker, a service or "
                 "another clipfuse command); the embedded store allows one process at a time. Stop that "
                 "process, or run a Qdrant server and set CLIPFUSE_QDRANT__URL for concurrent access."
@@ -59,9 +59,10 @@ def open_qdrant_client(settings: Settings) -> QdrantClient:
 
 def build_backend(settings: Settings, client: QdrantClient | None = None) -> Backend:
     """The configured engine's backend (``CLIPFUSE_BACKEND``)."""
-    if settings.backend == "qdrant-edge":
+    engine = "qdrant" if client is not None and settings.backend == "auto" else settings.engine
+    if engine == "qdrant-edge":
         return build_edge_backend(settings)
-    if settings.backend == "elasticsearch":
+    if engine == "elasticsearch":
         from clipfuse.plugin.elasticsearch import ElasticsearchBackend, open_elasticsearch_client
 
         es = settings.elasticsearch
@@ -138,6 +139,7 @@ def build_indexer(
         loader=build_image_loader(settings.images, base_dir=base_dir),
         batch_size=settings.batch_size,
         load_workers=settings.images.load_workers,
+        reduced_jpeg_decode=settings.images.reduced_jpeg_decode,
     )
 
 

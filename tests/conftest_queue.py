@@ -178,6 +178,8 @@ class QueueEnv:
                 "CLIPFUSE_WORKER__FLUSH_INTERVAL_S": "0.5",
                 "CLIPFUSE_BATCH_SIZE": "10",
                 "CLIPFUSE_INDEX": self.index,
+                # qdrant-client (its local mode, or the server at QDRANT_URL): the tests read the points back with it
+                "CLIPFUSE_BACKEND": "qdrant",
                 "CLIPFUSE_QDRANT__PATH": str(self.store),
                 "CLIPFUSE_MODEL__NAME": "clipfuse-demo",
                 "CLIPFUSE_MODEL__DEVICE": "cpu",
@@ -194,6 +196,7 @@ class QueueEnv:
         base = Settings(_env_file=None)  # type: ignore[call-arg]
         return base.model_copy(
             update={
+                "backend": "qdrant",
                 "index": self.index,
                 "broker": base.broker.model_copy(update={"url": self.url, "queue": self.queue}),
                 "worker": base.worker.model_copy(update={"state_url": REDIS_URL, **worker}),

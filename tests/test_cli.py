@@ -74,9 +74,46 @@ def test_search_errors_are_readable(store: Path) -> None:
 def test_info_and_delete(store: Path, demo_catalog: Path) -> None:
     result = runner.invoke(app, ["info", "--store", str(store)])
     assert result.exit_code == 0 and "60 documents" in result.output and "price (number)" in result.output
+    assert "qdrant-edge" in result.output  # the embedded default engine
     first = json.loads(demo_catalog.read_text().splitlines()[0])["id"]
     assert runner.invoke(app, ["delete", first, "--store", str(store)]).exit_code == 0
     assert "59 documents" in runner.invoke(app, ["info", "--store", str(store)]).output
+
+
+def test_optimize_builds_the_edge_index_once(store: Path) -> None:
+    from clipfuse.plugin.edge import EdgeBackend
+
+    result = runner.invoke(app, ["optimize", "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "index already up to date" in result.output  # `clipfuse index` built it already
+    backend = EdgeBackend(store, "products")
+    try:
+        assert backend.stats()["points"] == 60
+    finally:
+        backend.close()
+
+
+def test_store_engine_resolution(tmp_path: Path, demo_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipfuse.settings import Settings
+
+    for var in ("CLIPFUSE_BACKEND", "CLIPFUSE_QDRANT__URL"):
+        monkeypatch.delenv(var, raising=False)
+    assert Settings().engine == "qdrant-edge"
+    assert Settings(qdrant={"url": "http://qdrant:6333"}).engine == "qdrant"  # a server by URL
+    assert Settings(backend="qdrant").embedded_store == Path("clipfuse-data/qdrant")
+    # a folder that holds a qdrant-client local store stays on qdrant-client, end to end
+    legacy = tmp_path / "legacy"
+    monkeypatch.setenv("CLIPFUSE_BACKEND", "qdrant")
+    result = runner.invoke(app, ["index", str(demo_catalog), "--model", "clipfuse-demo", "--store", str(legacy)])
+    assert result.exit_code == 0, result.output
+    assert (legacy / "meta.json").is_file()
+    monkeypatch.delenv("CLIPFUSE_BACKEND")
+    assert Settings().with_store(legacy).engine == "qdrant"
+    info = runner.invoke(app, ["info", "--store", str(legacy)])
+    flat = " ".join(info.output.split())  # rich wraps long lines
+    assert info.exit_code == 0 and "(qdrant, " in flat and "60 documents" in flat
+    optimize = runner.invoke(app, ["optimize", "--store", str(legacy)])
+    assert optimize.exit_code == 0 and "nothing to do" in optimize.output
 
 
 def test_index_a_folder_of_images_with_a_bad_file(tmp_path: Path, demo_catalog: Path) -> None:
@@ -96,7 +133,7 @@ def test_index_a_folder_of_images_with_a_bad_file(tmp_path: Path, demo_catalog: 
 def test_missing_catalog_and_help() -> None:
     result = runner.invoke(app, ["index", "/no/such/catalog.jsonl", "--model", "clipfuse-demo"])
     assert result.exit_code == 2 and "does not exist" in result.output
-    for command in ("index", "search", "demo", "info", "delete"):
+    for command in ("index", "search", "demo", "info", "delete", "optimize", "serve", "worker", "enqueue", "status"):
         help_text = runner.invoke(app, [command, "--help"]).output
         assert "Usage" in help_text and "--" in help_text
 

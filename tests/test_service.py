@@ -72,6 +72,7 @@ def _settings(store: Path, catalog_dir: Path, **service: Any) -> Settings:
     }
     return base.model_copy(
         update={
+            "backend": "qdrant",  # the store fixture builds a qdrant-client local store (test_web_ui: Edge)
             "index": "products",
             "qdrant": base.qdrant.model_copy(update={"url": None, "path": store}),
             "broker": base.broker.model_copy(update={"queue": f"test-service-{uuid.uuid4().hex[:10]}"}),
@@ -800,6 +801,6 @@ def test_serve_command_builds_the_app_from_its_options(tmp_path: Path, monkeypat
     result = CliRunner().invoke(app, ["serve", "--port", "8123", "--store", str(store), "--index", "shop"])
     assert result.exit_code == 0, result.output
     settings = seen["settings"]
-    assert settings.index == "shop" and settings.qdrant.path == store
+    assert settings.index == "shop" and settings.embedded_store == store and settings.engine == "qdrant-edge"
     assert settings.service.catalog_root == (tmp_path / "demo" / "catalog").resolve()  # the demo layout
     assert seen["run"]["host"] == "127.0.0.1" and seen["run"]["port"] == 8123

@@ -23,7 +23,6 @@ import pytest
 
 from clipfuse.demo.catalog import write_catalog
 from clipfuse.images import ImageLoader
-from clipfuse.plugin.qdrant import QdrantBackend
 from clipfuse.workers.ingest import Indexer
 
 CHROMIUM = Path(os.environ.get("CLIPFUSE_CHROMIUM", "/usr/bin/chromium"))
@@ -59,16 +58,18 @@ def products(catalog: Path) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, catalog: Path, demo_embedder: Any) -> Path:
-    from qdrant_client import QdrantClient
+    """The default embedded engine (Qdrant Edge), as `clipfuse index` builds it."""
+    from clipfuse.plugin.edge import EdgeBackend
 
     path = tmp_path_factory.mktemp("ui-store")
     docs = [json.loads(line) for line in catalog.read_text().splitlines() if line.strip()]
-    client = QdrantClient(path=str(path))
+    backend = EdgeBackend(path, "products")
     try:
-        indexer = Indexer(demo_embedder, QdrantBackend(client, "products"), loader=ImageLoader(base_dir=catalog.parent))
+        indexer = Indexer(demo_embedder, backend, loader=ImageLoader(base_dir=catalog.parent))
         assert indexer.index(docs).indexed == len(docs)
+        backend.optimize()
     finally:
-        client.close()  # the service process opens the store next
+        backend.close()  # the service process opens the store next
     return path
 
 

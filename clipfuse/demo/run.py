@@ -47,6 +47,7 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
 
     console = console or Console()
     directory.mkdir(parents=True, exist_ok=True)
+    store = directory / "store"
     console.rule("[bold]clipfuse demo")
     console.print(f"1. generating a synthetic catalog of {size} products in {directory / 'catalog'}")
     catalog = write_catalog(directory / "catalog", n=size, seed=DEMO_SEED)
@@ -60,12 +61,11 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
         update={
             "index": "products",
             "model": settings.model.model_copy(update={"name": DEMO_MODEL, "pretrained": None, "device": "cpu"}),
-            "qdrant": settings.qdrant.model_copy(update={"url": None, "path": directory / "qdrant"}),
+            "qdrant": settings.qdrant.model_copy(update={"url": None}),
         }
-    )
-    console.print(
-        f"2. indexing it with the shipped demo model into the embedded Qdrant store at {directory / 'qdrant'}"
-    )
+    ).with_store(store)
+    engine = {"qdrant-edge": "Qdrant Edge", "qdrant": "qdrant-client local"}.get(settings.engine, settings.engine)
+    console.print(f"2. indexing it with the shipped demo model into the embedded {engine} store at {store}")
     report = run_index(settings, catalog)
     _print_report(report, None)
 
@@ -112,7 +112,8 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
     for name, value in figures.items():
         console.print(f"   {name}: [bold]{value:.3f}[/]")
     console.print(
-        f"\nTry it yourself:\n  clipfuse search 'blue dotted scarf' --store {directory / 'qdrant'}\n"
-        f"  clipfuse search 'sneakers' --filter 'price<=80' --store {directory / 'qdrant'} --json"
+        f"\nTry it yourself:\n  clipfuse search 'blue dotted scarf' --store {store}\n"
+        f"  clipfuse search 'sneakers' --filter 'price<=80' --store {store} --json\n"
+        f"  clipfuse serve --store {store}      # web search page on http://127.0.0.1:8000/"
     )
     return figures

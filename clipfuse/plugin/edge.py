@@ -50,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 import qdrant_edge as qe
 
-from clipfuse.errors import BackendError, ConfigurationError
+from clipfuse.errors import BackendError, ConfigurationError, StoreLocked
 from clipfuse.plugin.fusion import Ranked, fuse, qdrant_rrf_k
 from clipfuse.plugin.protocol import (
     POINT_NAMESPACE,
@@ -301,8 +301,8 @@ class EdgeBackend:
             self._lock_file.close()
             self._lock_file = None
 
-    def _locked_error(self) -> ConfigurationError:
-        return ConfigurationError(
+    def _locked_error(self) -> StoreLocked:
+        return StoreLocked(
             f"the Qdrant Edge store {self.shard_path} is open in another process (lock {self.lock_path} / "
             f"{self.shard_path / 'wal'} is held: a worker, a service or another clipfuse command). An embedded "
             "store allows one process at a time: stop that process, or run a Qdrant server for concurrent access."
@@ -575,6 +575,26 @@ class EdgeBackend:
             seen += len(records)
             if offset is None or not records:
                 return seen
+
+    def sample_payloads(self, fields: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` documents' values of ``fields`` (for facet controls; one bounded scroll)."""
+        shard = self._require()
+        if shard is None or limit <= 0:
+            return []
+        selector = qe.PayloadSelector.Include(list(fields))  # type: ignore[call-arg]
+        out: list[dict[str, Any]] = []
+        offset: Any = None
+        while len(out) < limit:
+            with _errors(f"reading payloads from {self.collection!r}"):
+                records, offset = shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset, limit=min(1024, limit - len(out)), with_payload=selector, with_vector=False
+                    )
+                )
+            out.extend(dict(r.payload or {}) for r in records)
+            if offset is None or not records:
+                break
+        return out
 
     def search(self, query: HybridQuery) -> BackendResult:
         shard = self._require()

@@ -50,6 +50,9 @@ from clipfuse.service.limits import BodyLimitMiddleware
 from clipfuse.service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from clipfuse.settings import Settings
 
+#: the library's default mix of image and modifier text, so the form and the JSON API rank alike
+_DEFAULT_COMPOSE_ALPHA: float = SearchRequest.model_fields["compose_alpha"].default
+
 if TYPE_CHECKING:
     from clipfuse.plugin.protocol import Backend
     from clipfuse.plugin.searcher import HybridSearcher
@@ -226,6 +229,9 @@ class Service:
                 from clipfuse.factory import build_backend
 
                 self.backend = build_backend(self.settings)
+                warm = getattr(self.backend, "warm_ids", None)
+                if callable(warm):  # Qdrant Edge: learn the point -> document id map once, not per query
+                    warm()
             if getattr(self.backend, "is_local", False):
                 self._engine_lock = threading.RLock()  # the embedded store is not made for concurrent threads
             if self.searcher is None:
@@ -587,7 +593,7 @@ def create_app(
         offset: Annotated[int, Form(ge=0, le=L.MAX_OFFSET)] = 0,
         fusion: Annotated[str, Form(description="rrf | dbsf | linear | zscore")] = "rrf",
         rrf_k: Annotated[float, Form(ge=0, le=L.MAX_RRF_K)] = 60.0,
-        compose_alpha: Annotated[float, Form(ge=0, le=1)] = 0.5,
+        compose_alpha: Annotated[float, Form(ge=0, le=1)] = _DEFAULT_COMPOSE_ALPHA,
     ) -> ServiceSearchResponse:
         limit = conf.max_upload_bytes
         data = file.file.read(limit + 1)

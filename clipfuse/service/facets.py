@@ -66,6 +66,9 @@ def compute_facets(
     result: tuple[list[FacetField], str, int | None] | None = None
     if fields and name == "qdrant":
         result = _qdrant(backend, fields, sample=sample, max_values=max_values)
+    elif fields and name == "qdrant-edge":
+        facet_fields, seen = _from_payloads(backend.sample_payloads(list(fields), sample), fields, max_values)
+        result = (facet_fields, "sample", seen)
     elif fields and name == "elasticsearch":
         try:
             result = _elasticsearch(backend, fields, max_values=max_values)

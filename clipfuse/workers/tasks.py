@@ -47,7 +47,7 @@ from celery import signals
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
-from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError, EmbeddingError
+from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError, EmbeddingError, StoreLocked
 from clipfuse.schemas import IngestReport, Rejection, Stage
 from clipfuse.schemas import limits as L
 from clipfuse.settings import Settings, WorkerSettings
@@ -184,8 +184,7 @@ def get_runtime(app: Celery) -> WorkerRuntime:
 
 
 def _store_locked(error: ConfigurationError) -> bool:
-    cause = error.__cause__
-    return isinstance(cause, RuntimeError) and "already accessed" in str(cause)
+    return isinstance(error, StoreLocked)
 
 
 class WorkerRuntime:
