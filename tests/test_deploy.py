@@ -169,6 +169,13 @@ def test_service_extra_has_the_service_dependencies() -> None:
     assert {"fastapi", "uvicorn", "python-multipart", "prometheus-client"} <= names
 
 
+def test_dockerfiles_install_extras_that_exist() -> None:
+    extras = set(_extras())
+    for name in ("Dockerfile.worker", "Dockerfile.service"):
+        for wanted in re.findall(r"/src\[([a-z,]+)\]", (DEPLOY / name).read_text()):
+            assert set(wanted.split(",")) <= extras, f"{name} installs extras {wanted} but pyproject has {extras}"
+
+
 def test_dockerignore_files_keep_the_context_small() -> None:
     for name in ("Dockerfile.worker", "Dockerfile.service"):
         lines = (DEPLOY / f"{name}.dockerignore").read_text().splitlines()
