@@ -133,7 +133,19 @@ def test_index_a_folder_of_images_with_a_bad_file(tmp_path: Path, demo_catalog: 
 def test_missing_catalog_and_help() -> None:
     result = runner.invoke(app, ["index", "/no/such/catalog.jsonl", "--model", "clipfuse-demo"])
     assert result.exit_code == 2 and "does not exist" in result.output
-    for command in ("index", "search", "demo", "info", "delete", "optimize", "serve", "worker", "enqueue", "status"):
+    for command in (
+        "index",
+        "search",
+        "demo",
+        "info",
+        "delete",
+        "optimize",
+        "serve",
+        "worker",
+        "enqueue",
+        "status",
+        "eval",
+    ):
         help_text = runner.invoke(app, [command, "--help"]).output
         assert "Usage" in help_text and "--" in help_text
 

@@ -16,10 +16,19 @@ line::
                     "in_stock": true}}
 
 Image paths are relative to the folder holding the JSONL file.
+
+``text_noise`` (default 0: clean, exactly as before) makes the *texts* of a
+listing realistic and imperfect, like a real shop's (see :func:`noisy_texts`):
+titles that omit the colour or pattern, synonyms ("navy" for blue, "tee" for
+t-shirt), brand-only titles, other word orders, missing captions and thin
+descriptions, and a few mislabelled listings whose text describes another
+colour / pattern than the photo shows.  The image and the ``attributes`` (the
+ground truth) are never changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -44,6 +53,7 @@ __all__ = [
     "make_caption",
     "make_description",
     "make_title",
+    "noisy_texts",
     "product_to_document",
     "render_image",
     "write_catalog",
@@ -192,16 +202,139 @@ def make_description(
 # ---------------------------------------------------------------------- generation
 
 
-def generate_products(n: int, seed: int) -> list[Product]:
+# ------------------------------------------------------------------------ text noise
+
+#: Probabilities of each imperfection at ``text_noise=1`` (they scale linearly with it).
+NOISE_RATES: dict[str, float] = {
+    "mislabelled": 0.08,  # title, caption and description describe another colour / pattern
+    "brand_only": 0.12,  # title is the brand and a model name, nothing else
+    "omit_color": 0.35,  # title leaves out the colour
+    "omit_pattern": 0.45,  # title leaves out the pattern
+    "color_synonym": 0.35,  # "navy" for blue, "crimson" for red...
+    "category_synonym": 0.35,  # "tee" for t-shirt, "trainers" for sneakers...
+    "pattern_synonym": 0.35,  # "polka dot" for dotted, "plaid" for checked...
+    "reorder": 0.3,  # "T-shirt, cotton, red - Acme"
+    "no_caption": 0.5,  # no visual caption at all
+    "thin_description": 0.6,  # description without the colour / pattern lines
+}
+
+COLOR_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "red": ("crimson", "burgundy", "cherry"),
+    "blue": ("navy", "cobalt", "azure"),
+    "green": ("olive", "emerald", "forest"),
+    "yellow": ("mustard", "lemon"),
+    "black": ("jet", "charcoal", "onyx"),
+    "white": ("ivory", "cream", "snow"),
+    "pink": ("rose", "blush", "fuchsia"),
+    "orange": ("tangerine", "rust", "coral"),
+    "purple": ("violet", "plum", "lilac"),
+    "brown": ("chocolate", "camel", "tan"),
+}
+"""Shop words for the main colours (never the colour word itself)."""
+
+CATEGORY_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "t-shirt": ("tee", "top", "crew neck"),
+    "dress": ("frock", "sundress", "midi"),
+    "sneakers": ("trainers", "runners", "kicks"),
+    "ankle boots": ("booties", "chelsea boots"),
+    "handbag": ("purse", "tote", "shoulder bag"),
+    "cap": ("baseball hat", "snapback"),
+    "backpack": ("rucksack", "daypack"),
+    "scarf": ("shawl", "wrap", "muffler"),
+}
+PATTERN_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "solid": ("plain", "classic"),
+    "striped": ("stripy", "pinstripe", "breton"),
+    "dotted": ("polka dot", "spotted"),
+    "checked": ("plaid", "gingham", "tartan"),
+}
+_MODEL_NAMES: tuple[str, ...] = ("Nova", "Atlas", "Edge", "Aria", "Flow", "Summit", "Luna", "Core", "Drift")
+
+
+def noisy_texts(product: Product, seed: int, text_noise: float) -> tuple[str, str, str]:
+    """Imperfect (title, caption, description) for ``product``, a pure function of its id and ``seed``.
+
+    Each imperfection of :data:`NOISE_RATES` happens independently with its rate
+    times ``text_noise`` (clipped to 1).  A mislabelled listing keeps its true
+    category but describes a different colour and often a different pattern; the
+    other imperfections only drop or reword true information.  ``caption`` may be
+    ``""`` (no caption).  ``text_noise <= 0`` returns the clean texts.
+    """
+    if text_noise <= 0:
+        return product.title, product.caption, product.description
+    rng = random.Random(f"clipfuse-demo-noise:{seed}:{product.id}")
+
+    def happens(kind: str) -> bool:
+        return rng.random() < min(1.0, NOISE_RATES[kind] * text_noise)
+
+    category, color, pattern = product.category, product.color, product.pattern
+    # Draw every decision up front, in a fixed order, so one rate does not shift the others' draws.
+    mislabelled = happens("mislabelled")
+    brand_only = happens("brand_only")
+    omit_color, omit_pattern = happens("omit_color"), happens("omit_pattern")
+    color_syn, category_syn, pattern_syn = (
+        happens("color_synonym"),
+        happens("category_synonym"),
+        happens("pattern_synonym"),
+    )
+    reorder = happens("reorder")
+    no_caption, thin = happens("no_caption"), happens("thin_description")
+    other_color = rng.choice([c for c in COLORS if c != color])
+    other_pattern = rng.choice([p for p in PATTERNS if p != pattern]) if rng.random() < 0.6 else pattern
+    model_name = f"{rng.choice(_MODEL_NAMES)} {rng.randint(100, 999)}"
+    color_word_pick, category_word_pick, pattern_word_pick = rng.random(), rng.random(), rng.random()
+
+    if mislabelled:
+        color, pattern = other_color, other_pattern
+
+    def pick(options: tuple[str, ...], u: float) -> str:
+        return options[min(len(options) - 1, int(u * len(options)))]
+
+    color_word = pick(COLOR_SYNONYMS[color], color_word_pick) if color_syn else color
+    category_word = pick(CATEGORY_SYNONYMS[category], category_word_pick) if category_syn else category
+    pattern_word = pick(PATTERN_SYNONYMS[pattern], pattern_word_pick) if pattern_syn else pattern
+
+    if brand_only:
+        title = f"{product.brand} {model_name}"
+    else:
+        parts = {
+            "color": "" if omit_color else color_word,
+            "pattern": "" if omit_pattern else pattern_word,
+            "material": product.material,
+            "category": category_word,
+        }
+        if reorder:
+            words = [parts["category"].capitalize(), parts["material"], parts["color"], parts["pattern"]]
+            title = ", ".join(w for w in words if w) + f" - {product.brand}"
+        else:
+            words = [product.brand, parts["color"], parts["pattern"], parts["material"], parts["category"]]
+            title = " ".join(w for w in words if w)
+
+    caption = "" if no_caption else make_caption(category, color, pattern)
+    if mislabelled or not thin:
+        description = make_description(
+            category, color, pattern, product.material, product.brand, product.price, product.in_stock
+        )
+    else:
+        stock = "In stock and ready to ship." if product.in_stock else "Currently out of stock."
+        description = f"{category_word.capitalize()} by {product.brand}, made of {product.material}. Price: {product.price:.2f}. {stock}"
+    return title, caption, description
+
+
+def generate_products(n: int, seed: int, *, text_noise: float = 0.0) -> list[Product]:
     """Generate ``n`` products deterministically from ``seed``.
 
     Ids have the form ``p{seed:03d}-{i:05d}`` and are therefore unique across
-    seeds (for non-negative seeds).
+    seeds (for non-negative seeds).  ``text_noise > 0`` gives the products
+    imperfect texts (:func:`noisy_texts`); their attributes and images are the
+    same as with clean texts, and ``text_noise=0`` is exactly the clean catalog.
     """
     if n < 0:
         raise ValueError("n must be non-negative")
     if seed < 0:
         raise ValueError("seed must be non-negative")
+    if not 0.0 <= text_noise <= 10.0:
+        raise ValueError("text_noise must be between 0 and 10 (rates are clipped to 1)")
     rng = random.Random(f"clipfuse-demo-catalog:{seed}")
     products: list[Product] = []
     for i in range(n):
@@ -231,6 +364,12 @@ def generate_products(n: int, seed: int) -> list[Product]:
                 **fields,
             )
         )
+    if text_noise > 0:
+        noisy = []
+        for p in products:
+            title, caption, description = noisy_texts(p, seed, text_noise)
+            noisy.append(dataclasses.replace(p, title=title, caption=caption, description=description))
+        products = noisy
     return products
 
 
@@ -713,11 +852,13 @@ def write_catalog(
     *,
     image_size: int = 256,
     image_format: str = "jpeg",
+    text_noise: float = 0.0,
 ) -> Path:
     """Render ``n`` products of ``seed`` into ``out_dir`` and return the JSONL path.
 
     Images go to ``out_dir/images/<id>.jpg`` (extension per ``image_format``:
     ``jpeg``, ``png`` or ``webp``); the catalog goes to ``out_dir/catalog.jsonl``.
+    ``text_noise`` as in :func:`generate_products` (0: clean texts).
     """
     fmt = image_format.lower()
     if fmt not in _FORMATS:
@@ -728,7 +869,7 @@ def write_catalog(
     images_dir.mkdir(parents=True, exist_ok=True)
     jsonl_path = out_dir / "catalog.jsonl"
     with jsonl_path.open("w", encoding="utf-8") as fh:
-        for product in generate_products(n, seed):
+        for product in generate_products(n, seed, text_noise=text_noise):
             rel = f"images/{product.id}{ext}"
             render_image(product, size=image_size).save(out_dir / rel, format=pil_format, **save_kwargs)
             fh.write(json.dumps(product_to_document(product, rel), ensure_ascii=False) + "\n")
