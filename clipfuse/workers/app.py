@@ -18,6 +18,7 @@ What is configured here, and why (see ``docs/queue.md``):
 - Redis: a visibility timeout and a short restore interval, so that the messages of
   a killed worker come back after ``visibility_timeout_s`` (plus at most
   ``restore_interval_s``) and not later.
+- Broker restarts: the worker reconnects, retrying forever (Celery stops after 100 tries).
 - RabbitMQ: publisher confirms, so an enqueued document is in the broker when
   :func:`clipfuse.workers.producer.enqueue` returns.
 
@@ -95,6 +96,13 @@ def create_app(settings: Settings | None = None, *, set_as_current: bool = False
         broker_transport_options=transport_options(settings),
         broker_heartbeat=b.heartbeat_s,
         broker_connection_retry_on_startup=True,
+        # a broker restart (or outage) while a worker runs: Celery's consumer reconnects by itself
+        # (kombu backs off 2 s, 4 s, ... up to 30 s between tries) and consumes again; the batch that
+        # was running cannot acknowledge its messages, which the broker delivers again (Redis: after the
+        # visibility timeout, from its AOF). Retrying is Celery's default, but only 100 times (~45 min):
+        # retry forever instead, so a worker outlives a long broker outage rather than exiting.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3},
     )
