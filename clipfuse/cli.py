@@ -143,8 +143,9 @@ def _optimize(backend: Any, *, show_progress: bool = True) -> bool | None:
     optimize = getattr(backend, "optimize", None)
     if not callable(optimize):
         return None
-    with _progress() as progress:
-        progress.add_task("building the search index (HNSW)", total=None, visible=show_progress)
+    if not show_progress:
+        return bool(optimize())
+    with err.status("building the search index (HNSW graphs; blocking, a minute per ~50k products on 2 cores)"):
         return bool(optimize())
 
 

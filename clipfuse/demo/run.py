@@ -75,9 +75,12 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
     try:
         first = products[0]
         attrs = first["attributes"]
+        # a text query whose exact answer exists in this catalog: the look of another product
+        look = products[1]["attributes"]
+        look_query = f"{look['color']} {look['pattern']} {look['category']}"
         image_path = str((catalog.parent / first["images"][0]["path"]).resolve())
         samples = [
-            ("text: 'red striped t-shirt'", SearchRequest(text="red striped t-shirt", k=5)),
+            (f"text: '{look_query}'", SearchRequest(text=look_query, k=5)),
             (
                 f"image: the photo of {first['id']} ({first['title']})",
                 SearchRequest(image=ImageSource(path=image_path), k=5),
