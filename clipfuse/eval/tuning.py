@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from clipfuse.eval.metrics import Qrels
 from clipfuse.eval.runner import RunConfig, SignalLists, evaluate_configs, standard_configs
 from clipfuse.schemas import Weights
+from clipfuse.schemas.search import FusionMethod
 
 __all__ = ["RRF_K_GRID", "WEIGHT_GRID", "TuneResult", "split_queries", "tune"]
 
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 RRF_K_GRID: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 60.0, 100.0)
-METHODS: tuple[str, ...] = ("rrf", "linear", "zscore", "dbsf")
+METHODS: tuple[FusionMethod, ...] = ("rrf", "linear", "zscore", "dbsf")
 
 
 def split_queries(

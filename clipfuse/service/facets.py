@@ -67,7 +67,8 @@ def compute_facets(
     if fields and name == "qdrant":
         result = _qdrant(backend, fields, sample=sample, max_values=max_values)
     elif fields and name == "qdrant-edge":
-        facet_fields, seen = _from_payloads(backend.sample_payloads(list(fields), sample), fields, max_values)
+        payloads = backend.sample_payloads(list(fields), sample)  # type: ignore[attr-defined]  # EdgeBackend
+        facet_fields, seen = _from_payloads(payloads, fields, max_values)
         result = (facet_fields, "sample", seen)
     elif fields and name == "elasticsearch":
         try:
