@@ -420,17 +420,7 @@ class EdgeBackend:
     def ensure_schema(self, *, dim: int, model: str | None) -> None:
         info = self.index_info()
         if info is not None:
-            if info.dim != dim:
-                raise ConfigurationError(
-                    f"collection {self.collection!r} holds {info.dim}-dimensional vectors but the model "
-                    f"{model or ''} makes {dim}: use the model the collection was built with"
-                    f"{f' ({info.model})' if info.model else ''}, or another collection (CLIPFUSE_INDEX)"
-                )
-            if info.model and model and info.model != model:
-                raise ConfigurationError(
-                    f"collection {self.collection!r} was built with model {info.model!r}, not {model!r}: "
-                    "vectors of different models are not comparable; re-index into a new collection"
-                )
+            info.check_compatible(dim=dim, model=model, name=self.collection)
             self._require()
             self._info = info
             return

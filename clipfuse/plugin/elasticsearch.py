@@ -599,23 +599,10 @@ class ElasticsearchBackend:
         self._info = info
         return info
 
-    def _check_compatible(self, info: IndexInfo, *, dim: int, model: str | None) -> None:
-        if info.dim != dim:
-            raise ConfigurationError(
-                f"index {self.index!r} holds {info.dim}-dimensional vectors but the model {model or ''} makes "
-                f"{dim}: use the model the index was built with{f' ({info.model})' if info.model else ''}, "
-                "or another index (CLIPFUSE_INDEX)"
-            )
-        if info.model and model and info.model != model:
-            raise ConfigurationError(
-                f"index {self.index!r} was built with model {info.model!r}, not {model!r}: vectors of "
-                "different models are not comparable; re-index into a new index (CLIPFUSE_INDEX)"
-            )
-
     def ensure_schema(self, *, dim: int, model: str | None) -> None:
         info = self.index_info()
         if info is not None:
-            self._check_compatible(info, dim=dim, model=model)
+            info.check_compatible(dim=dim, model=model, name=self.index, kind="index")
             return
         body = build_index_body(
             dim, model, self.vector_index_type, exclude_vectors_from_source=self.exclude_vectors_from_source
@@ -631,7 +618,7 @@ class ElasticsearchBackend:
                 raced = self.index_info()
                 if raced is None:  # pragma: no cover - deleted again in between
                     raise
-                self._check_compatible(raced, dim=dim, model=model)
+                raced.check_compatible(dim=dim, model=model, name=self.index, kind="index")
                 return
         self._info = IndexInfo(dim=dim, model=model, fields={})
 

@@ -65,6 +65,22 @@ class IndexInfo:
     model: str | None
     fields: Mapping[str, FieldType]
 
+    def check_compatible(self, *, dim: int, model: str | None, name: str, kind: str = "collection") -> None:
+        """Refuse to write vectors of another dimension or another model into this index."""
+        from clipfuse.errors import ConfigurationError
+
+        if self.dim != dim:
+            raise ConfigurationError(
+                f"{kind} {name!r} holds {self.dim}-dimensional vectors but the model {model or ''} makes "
+                f"{dim}: use the model the {kind} was built with{f' ({self.model})' if self.model else ''}, "
+                f"or another {kind} (CLIPFUSE_INDEX)"
+            )
+        if self.model and model and self.model != model:
+            raise ConfigurationError(
+                f"{kind} {name!r} was built with model {self.model!r}, not {model!r}: vectors of "
+                f"different models are not comparable; re-index into a new {kind} (CLIPFUSE_INDEX)"
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class Retriever:
