@@ -459,11 +459,13 @@ def serve(
     )
 
 
+from clipfuse.bench.cli import register as _register_bench_command  # noqa: E402
 from clipfuse.eval.cli import register as _register_eval_command  # noqa: E402
 from clipfuse.workers.cli import register as _register_queue_commands  # noqa: E402
 
 _register_queue_commands(app)
 _register_eval_command(app)
+_register_bench_command(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry point

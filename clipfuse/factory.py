@@ -139,6 +139,7 @@ def build_indexer(
         loader=build_image_loader(settings.images, base_dir=base_dir),
         batch_size=settings.batch_size,
         load_workers=settings.images.load_workers,
+        reduced_jpeg_decode=settings.images.reduced_jpeg_decode,
     )
 
 

@@ -59,7 +59,14 @@ class ImageSettings(BaseModel):
     allow_private_urls: bool = Field(
         False, description="fetch URLs that resolve to private / loopback addresses (off: SSRF guard)"
     )
-    load_workers: int = Field(8, ge=1, le=256, description="threads that read / fetch / decode images")
+    load_workers: int = Field(
+        8, ge=1, le=256, description="threads that read / fetch / decode / resize images while the model runs"
+    )
+    reduced_jpeg_decode: bool = Field(
+        True,
+        description="decode JPEGs at least twice the model's input at 1/2-1/8 scale (libjpeg DCT scaling): "
+        "2-4x faster decoding, cosine >= 0.99 to the full decode",
+    )
 
 
 class QdrantSettings(BaseModel):

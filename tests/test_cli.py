@@ -145,6 +145,7 @@ def test_missing_catalog_and_help() -> None:
         "enqueue",
         "status",
         "eval",
+        "bench",
     ):
         help_text = runner.invoke(app, [command, "--help"]).output
         assert "Usage" in help_text and "--" in help_text

@@ -147,7 +147,10 @@ def test_composed_query_vector_is_the_normalised_mix(
     path = demo_documents[0]["images"][0]["path"]
     request = SearchRequest(image=ImageSource(path=path), text="black", compose_alpha=0.25)
     vec = searcher.encode_query(request)
-    img = demo_embedder.embed_images([searcher.image_loader.load(ImageSource(path=path))])[0]
+    # the searcher decodes query images as the indexer does (reduced-size JPEG decoding)
+    img = demo_embedder.embed_images(
+        [searcher.image_loader.load(ImageSource(path=path), draft_size=demo_embedder.draft_size)]
+    )[0]
     txt = demo_embedder.embed_texts(["black"])[0]
     expected = 0.25 * img + 0.75 * txt
     assert np.allclose(vec, expected / np.linalg.norm(expected), atol=1e-5)

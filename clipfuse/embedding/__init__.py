@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from clipfuse.settings import ModelSettings
 
-__all__ = ["Embedder", "build_embedder", "l2_normalize"]
+__all__ = ["Embedder", "PreparingEmbedder", "build_embedder", "l2_normalize"]
 
 
 @runtime_checkable
@@ -32,6 +32,22 @@ class Embedder(Protocol):
     def embed_images(self, images: Sequence[Image]) -> np.ndarray: ...
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class PreparingEmbedder(Embedder, Protocol):
+    """An embedder whose image preprocessing splits into a per-image part (thread-safe, run in
+    the loader's pool next to decoding) and a batched part on the device (issue 5's fast path).
+
+    ``draft_size``: the side a JPEG may be reduced to while decoding (``None``: full decode).
+    """
+
+    @property
+    def draft_size(self) -> int | None: ...
+
+    def prepare_image(self, image: Image) -> object: ...
+
+    def embed_prepared(self, prepared: Sequence[object]) -> np.ndarray: ...
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

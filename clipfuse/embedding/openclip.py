@@ -1,4 +1,15 @@
-"""OpenCLIP embedder: any open_clip model, ``hf-hub:`` id, ``local-dir:`` folder or checkpoint file."""
+"""OpenCLIP embedder: any open_clip model, ``hf-hub:`` id, ``local-dir:`` folder or checkpoint file.
+
+The image path is split in two so that decoding never waits for the model (issue 5):
+:meth:`OpenClipEmbedder.prepare_image` runs open_clip's own geometric transforms (resize,
+crop, mode) on one PIL image and returns ``uint8`` pixels; it is thread-safe and runs in the
+loader's pool. :meth:`OpenClipEmbedder.embed_prepared` stacks a batch, moves it to the
+device as ``uint8`` (pinned, non-blocking on CUDA: 4x fewer bytes than float), converts and
+normalises it there in one batched operation, and runs the image tower. The result equals
+open_clip's reference transform up to float rounding; :meth:`embed_images` uses the same path.
+Texts are embedded in batches sorted by length, each trimmed to its longest caption: exact
+for CLIP's causal text tower (padding after the end token cannot change it).
+"""
 
 from __future__ import annotations
 
@@ -14,15 +25,19 @@ import numpy as np
 import open_clip
 import torch
 from PIL.Image import Image
+from torchvision.transforms import Normalize, ToTensor
 
 from clipfuse.embedding import l2_normalize
 from clipfuse.errors import ConfigurationError, EmbeddingError
 
-__all__ = ["OpenClipEmbedder", "resolve_model_name"]
+__all__ = ["OpenClipEmbedder", "Prepared", "resolve_model_name"]
 
 log = logging.getLogger(__name__)
 
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: a prepared image: ``uint8`` HWC pixels (fast path) or open_clip's float CHW tensor (fallback)
+Prepared = np.ndarray | torch.Tensor
 
 
 def resolve_model_name(name: str) -> str:
@@ -79,6 +94,10 @@ class OpenClipEmbedder:
         self._preprocess: Any = None
         self._tokenizer: Any = None
         self._dim: int | None = None
+        self._geometric: list[Any] | None = None  # open_clip's PIL transforms before ToTensor
+        self._mean: torch.Tensor | None = None
+        self._std: torch.Tensor | None = None
+        self._trim_text = False
         self.load_seconds: float | None = None
 
     # -- loading -------------------------------------------------------------------
@@ -149,6 +168,10 @@ class OpenClipEmbedder:
                     + _how_to_point_at_local_weights(self.name, self.pretrained)
                 ) from e
             model.eval()
+            if device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)  # the patch conv prefers NHWC on tensor cores
+            self._split_preprocess(preprocess, device)
+            self._trim_text = _can_trim_text(model)
             self._preprocess = preprocess
             self._tokenizer = tokenizer
             self._dim = int(_embed_dim(model, resolved))
@@ -170,25 +193,101 @@ class OpenClipEmbedder:
         size = self._model.visual.image_size
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
+    def _split_preprocess(self, preprocess: Any, device: torch.device) -> None:
+        """Find open_clip's PIL-only transforms and its final ToTensor + Normalize.
+
+        When the pipeline ends with ``ToTensor, Normalize`` (every open_clip model does), the
+        transforms before them run per image in the loader's threads and the last two run
+        batched on the device. Anything else keeps the reference transform per image.
+        """
+        steps = list(getattr(preprocess, "transforms", []))
+        if (
+            len(steps) >= 2
+            and isinstance(steps[-1], Normalize)
+            and isinstance(steps[-2], ToTensor)  # open_clip's MaybeToTensor is a ToTensor
+            and not any(isinstance(t, (ToTensor, Normalize, torch.nn.Sequential)) for t in steps[:-2])
+        ):
+            normalize = steps[-1]
+            self._geometric = steps[:-2]
+            self._mean = torch.tensor(normalize.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+            self._std = torch.tensor(normalize.std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+        else:
+            log.info("preprocessing of %s is not resize/crop + normalize: per-image reference transform", self.name)
+            self._geometric = None
+
+    @property
+    def draft_size(self) -> int | None:
+        """The smallest side a JPEG may be reduced to while decoding without changing the result
+        beyond the stated tolerance: the model's input size (``None``: no reduced decoding)."""
+        return self.image_size if self._geometric is not None else None
+
     def preprocess(self, image: Image) -> torch.Tensor:
         """The reference preprocessing of one image (resize, crop, normalise) as a CHW tensor."""
         self.load()
         return self._preprocess(image)
 
+    def prepare_image(self, image: Image) -> Prepared:
+        """The per-image part of preprocessing (thread-safe, for the loader's pool): ``uint8`` HWC
+        pixels after open_clip's own resize / crop / mode transforms."""
+        self.load()
+        if self._geometric is None:
+            return self._preprocess(image)
+        for step in self._geometric:
+            image = step(image)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
+
     # -- embedding -----------------------------------------------------------------
     def embed_images(self, images: Sequence[Image]) -> np.ndarray:
         self.load()
-        if not images:
+        try:
+            prepared = [self.prepare_image(img) for img in images]
+        except Exception as e:  # a broken image must not hide behind a generic crash
+            raise EmbeddingError(f"could not preprocess an image: {e}") from e
+        return self.embed_prepared(prepared)
+
+    def embed_prepared(self, prepared: Sequence[Prepared]) -> np.ndarray:
+        """Embed images returned by :meth:`prepare_image`, in batches of ``batch_size``."""
+        self.load()
+        if not prepared:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start : start + self.batch_size]
             try:
-                pixels = torch.stack([self._preprocess(img) for img in chunk])
-            except Exception as e:  # a broken image must not hide behind a generic crash
-                raise EmbeddingError(f"could not preprocess an image: {e}") from e
+                pixels = self._to_device(chunk)
+            except (RuntimeError, ValueError, TypeError) as e:
+                raise EmbeddingError(f"could not batch {len(chunk)} prepared images: {e}") from e
             out.append(self.embed_pixels(pixels))
         return np.concatenate(out)
+
+    @torch.inference_mode()
+    def _to_device(self, chunk: Sequence[Prepared]) -> torch.Tensor:
+        """Stack, copy to the device as uint8, convert and normalise there: one op per batch."""
+        device = self.device
+        if all(isinstance(p, np.ndarray) for p in chunk):
+            host = torch.from_numpy(np.stack(chunk))  # (n, H, W, 3) uint8
+            if device.type == "cuda":
+                host = host.pin_memory()
+            pixels = host.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+            assert self._mean is not None and self._std is not None
+            pixels = (pixels - self._mean) / self._std
+        else:  # reference float tensors (or a mix, when a model's transforms changed mid-way: not expected)
+            pixels = torch.stack([self._as_reference(p) for p in chunk])
+            if device.type == "cuda":
+                pixels = pixels.pin_memory()
+            pixels = pixels.to(device, non_blocking=True)
+        if device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return pixels
+
+    def _as_reference(self, prepared: Prepared) -> torch.Tensor:
+        if isinstance(prepared, torch.Tensor):
+            return prepared
+        assert self._mean is not None and self._std is not None
+        pixels = torch.from_numpy(np.ascontiguousarray(prepared)).permute(2, 0, 1).float()[None]
+        return ((pixels - self._mean.cpu()) / self._std.cpu())[0]
 
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
@@ -201,21 +300,69 @@ class OpenClipEmbedder:
             raise EmbeddingError(f"image tower failed on a batch of {len(pixels)}: {e}") from e
         return l2_normalize(features.float().cpu().numpy())
 
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        self.load()
+        return self._tokenizer(list(texts))
+
     @torch.inference_mode()
+    def embed_tokens(self, tokens: torch.Tensor) -> np.ndarray:
+        """Embed one batch of token ids ``(n, context_length)`` (trimmed to its longest text when exact)."""
+        self.load()
+        tokens = tokens.to(self.device, non_blocking=True)
+        try:
+            features = _encode_text_trimmed(self._model, tokens) if self._trim_text else self._model.encode_text(tokens)
+        except RuntimeError as e:
+            raise EmbeddingError(f"text tower failed on a batch of {len(tokens)}: {e}") from e
+        return l2_normalize(features.float().cpu().numpy())
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         self.load()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = []
+        tokens = self.tokenize(texts)
+        # batches of similar length waste less compute on padding (results do not depend on batching)
+        order = np.argsort(-_token_lengths(tokens), kind="stable") if self._trim_text else np.arange(len(texts))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
-            chunk = list(texts[start : start + self.batch_size])
-            tokens = self._tokenizer(chunk).to(self.device)
-            try:
-                features = self._model.encode_text(tokens)
-            except RuntimeError as e:
-                raise EmbeddingError(f"text tower failed on a batch of {len(chunk)}: {e}") from e
-            out.append(l2_normalize(features.float().cpu().numpy()))
-        return np.concatenate(out)
+            rows = order[start : start + self.batch_size]
+            out[rows] = self.embed_tokens(tokens[torch.from_numpy(rows)])
+        return out
+
+
+def _can_trim_text(model: Any) -> bool:
+    """True for open_clip's CLIP text tower with a causal mask and end-token pooling, where the
+    positions after the last end token cannot change the pooled feature."""
+    return (
+        type(model) is open_clip.model.CLIP
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and isinstance(getattr(model, "attn_mask", None), torch.Tensor)
+        and model.attn_mask.dim() == 2
+        and torch.equal(torch.isinf(model.attn_mask), torch.ones_like(model.attn_mask, dtype=torch.bool).triu(1))
+    )
+
+
+def _token_lengths(tokens: torch.Tensor) -> np.ndarray:
+    """Length up to and including the end token (the largest id, which CLIP's argmax pooling reads)."""
+    return (tokens.argmax(dim=-1) + 1).numpy()
+
+
+def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``CLIP.encode_text`` on the first ``L`` positions, ``L`` the batch's longest text."""
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    if model.text_projection is not None:
+        x = (
+            model.text_projection(x)
+            if isinstance(model.text_projection, torch.nn.Linear)
+            else x @ model.text_projection
+        )
+    return x
 
 
 def _embed_dim(model: Any, resolved: str) -> int:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipfuse.embedding import PreparingEmbedder
 from clipfuse.errors import ConfigurationError, InvalidDocument, InvalidQuery
 from clipfuse.plugin import fusion
 from clipfuse.plugin.bm25 import Bm25Encoder
@@ -112,8 +113,10 @@ class HybridSearcher:
         text_vec = embedder.embed_texts([request.text])[0] if request.text is not None else None
         image_vec = None
         if request.image is not None:
+            # decoded as the indexer decodes (reduced-size JPEG decoding), so an indexed photo finds itself
+            draft = embedder.draft_size if isinstance(embedder, PreparingEmbedder) else None
             try:
-                image = self.image_loader.load(request.image)
+                image = self.image_loader.load(request.image, draft_size=draft)
             except InvalidDocument as e:
                 raise InvalidQuery(f"query image: {e.message}") from None
             image_vec = embedder.embed_images([image])[0]

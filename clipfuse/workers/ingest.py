@@ -10,9 +10,10 @@ are *not* rejections: they propagate so the caller retries the whole batch
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL.Image import Image
 
-from clipfuse.embedding import Embedder, l2_normalize
+from clipfuse.embedding import Embedder, PreparingEmbedder, l2_normalize
 from clipfuse.errors import EmbeddingError, InvalidDocument
 from clipfuse.images import ImageLoader
 from clipfuse.plugin.bm25 import Bm25Encoder
@@ -56,13 +57,50 @@ class _Item:
     position: int
     raw: Any
     doc: Document
-    images: list[Image] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)  # prepared images (the embedder's input)
+    future: Future[_Loaded | _Failed] | None = None
+
+
+@dataclass
+class _Loaded:
+    images: list[Any]
+    read: float
+    decode: float
+    preprocess: float
+
+
+@dataclass
+class _Failed:
+    error: InvalidDocument
+    stage: Stage
+
+
+@dataclass
+class _Pending:
+    """A batch whose images are being read, decoded and prepared in the pool."""
+
+    started: float
+    size: int
+    items: list[_Item]
+    rejected: list[Rejection]
+    stages: dict[str, float]
+
+
+#: thread-summed busy seconds of the loader's pool, kept in :attr:`Indexer.stage_totals`
+POOL_STAGES = ("read", "decode", "preprocess")
 
 
 class Indexer:
     """Runs documents through the pipeline into a backend.
 
-    One instance per process: it holds the loaded model (via ``embedder``).
+    One instance per process: it holds the loaded model (via ``embedder``) and a pool of
+    ``load_workers`` threads that read, decode and prepare images (Pillow releases the GIL
+    while decoding and resizing). The model embeds one group of prepared images while the
+    pool works on the next ones, and :meth:`index` starts loading the next batch before the
+    current one is embedded and upserted, so decoding stays off the critical path (issue 5).
+    With a :class:`PreparingEmbedder` (OpenCLIP), JPEGs are decoded at reduced size when
+    they are at least twice the model's input and preprocessing ends in one batched
+    operation on the device.
     """
 
     def __init__(
@@ -74,6 +112,7 @@ class Indexer:
         bm25: Bm25Encoder | None = None,
         batch_size: int = 64,
         load_workers: int = 8,
+        reduced_jpeg_decode: bool = True,
     ) -> None:
         self.embedder = embedder
         self.backend = backend
@@ -81,8 +120,14 @@ class Indexer:
         self.bm25 = bm25 if bm25 is not None else (Bm25Encoder() if backend.lexical == "sparse" else None)
         self.batch_size = batch_size
         self.load_workers = load_workers
+        self.reduced_jpeg_decode = reduced_jpeg_decode
+        #: seconds per stage since construction: the pool's CPU time summed over its threads
+        #: (read / decode / preprocess) and the calling thread's wall time per stage (the rest)
+        self.stage_totals: dict[str, float] = {}
         self._schema_ready = False
         self._fields: dict[str, FieldType] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def ensure_schema(self) -> None:
         if self._schema_ready:
@@ -92,6 +137,13 @@ class Indexer:
         self._fields = dict(info.fields) if info else {}
         self._schema_ready = True
 
+    def close(self) -> None:
+        """Stop the loader's threads (they also end with the process)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
     # -- public ----------------------------------------------------------------------
     def index(
         self,
@@ -99,14 +151,28 @@ class Indexer:
         *,
         on_batch: Callable[[IngestReport, int], None] | None = None,
     ) -> IngestReport:
-        """Index any number of documents in batches of ``batch_size``; one merged report."""
+        """Index any number of documents in batches of ``batch_size``; one merged report.
+
+        The images of batch ``n + 1`` load while batch ``n`` is embedded and upserted.
+        """
         total = IngestReport()
+        pending: _Pending | None = None
         for chunk in batched(documents, self.batch_size):
-            report = self.index_batch(chunk)
-            total = total.merge(report)
-            if on_batch is not None:
-                on_batch(report, len(chunk))
+            following = self._begin(chunk)
+            if pending is not None:
+                total = self._finish_and_report(pending, total, on_batch)
+            pending = following
+        if pending is not None:
+            total = self._finish_and_report(pending, total, on_batch)
         return total
+
+    def _finish_and_report(
+        self, pending: _Pending, total: IngestReport, on_batch: Callable[[IngestReport, int], None] | None
+    ) -> IngestReport:
+        report = self._finish(pending)
+        if on_batch is not None:
+            on_batch(report, pending.size)
+        return total.merge(report)
 
     def delete(self, ids: Sequence[str]) -> IngestReport:
         started = time.perf_counter()
@@ -116,36 +182,49 @@ class Indexer:
 
     def index_batch(self, raws: Sequence[Document | dict[str, Any]]) -> IngestReport:
         """Index one batch; bad documents are rejected alone, engine outages raise."""
+        return self._finish(self._begin(raws))
+
+    # -- the two halves of a batch -------------------------------------------------------
+    @staticmethod
+    def _reject(
+        rejected: list[Rejection],
+        position: int | None,
+        raw: Any,
+        error: InvalidDocument,
+        stage: Stage,
+        doc_id: str | None,
+    ) -> None:
+        rejected.append(
+            Rejection(
+                id=doc_id or error.doc_id,
+                code=error.code,
+                reason=error.message,
+                stage=stage,
+                position=position,
+                document=Rejection.keepable(raw.model_dump(mode="json") if isinstance(raw, Document) else raw),
+            )
+        )
+
+    def _begin(self, raws: Sequence[Document | dict[str, Any]]) -> _Pending:
+        """Validate, then hand every image to the pool (returns at once)."""
         started = time.perf_counter()
         self.ensure_schema()
-        stages: dict[str, float] = {}
+        t = time.perf_counter()
         rejected: list[Rejection] = []
 
-        def reject(position: int | None, raw: Any, error: InvalidDocument, stage: Stage, doc_id: str | None) -> None:
-            rejected.append(
-                Rejection(
-                    id=doc_id or error.doc_id,
-                    code=error.code,
-                    reason=error.message,
-                    stage=stage,
-                    position=position,
-                    document=Rejection.keepable(raw.model_dump(mode="json") if isinstance(raw, Document) else raw),
-                )
-            )
-
         # 1. validate, keep the last version of a repeated id
-        t = time.perf_counter()
         items: list[_Item] = []
         for position, raw in enumerate(raws):
             try:
                 items.append(_Item(position, raw, parse_document(raw)))
             except InvalidDocument as e:
-                reject(position, raw, e, "validate", None)
+                self._reject(rejected, position, raw, e, "validate", None)
         last_position = {item.doc.id: item.position for item in items}
         kept = []
         for item in items:
             if last_position[item.doc.id] != item.position:
-                reject(
+                self._reject(
+                    rejected,
                     item.position,
                     item.raw,
                     InvalidDocument(
@@ -158,18 +237,39 @@ class Indexer:
                 )
             else:
                 kept.append(item)
-        items = self._check_attribute_types(kept, reject)
-        stages["validate"] = time.perf_counter() - t
+        validate = time.perf_counter() - t
 
-        # 2. load images (I/O bound: threads)
-        t = time.perf_counter()
-        items = self._load_images(items, reject)
-        stages["load"] = time.perf_counter() - t
+        # 2. start loading images: read, decode (reduced JPEG when allowed), prepare, in the pool
+        prepare, _, draft = self._image_path()
+        needing = [item for item in kept if item.doc.images]
+        if needing:
+            pool = self._loader_pool()
+            for item in needing:
+                item.future = pool.submit(self._load_one, item.doc, prepare, draft)
+        return _Pending(started, len(raws), kept, rejected, {"validate": validate})
 
-        # 3. embed images, then texts
+    def _finish(self, pending: _Pending) -> IngestReport:
+        """Wait for the images, embed, encode BM25, upsert, report."""
+        stages = pending.stages
+        rejected = pending.rejected
+
+        def reject(position: int | None, raw: Any, error: InvalidDocument, stage: Stage, doc_id: str | None) -> None:
+            self._reject(rejected, position, raw, error, stage, doc_id)
+
+        # attribute types are checked here, not in _begin: the previous batch may have added fields
         t = time.perf_counter()
-        image_vectors, items = self._embed_images(items, reject)
-        stages["embed_images"] = time.perf_counter() - t
+        items = self._check_attribute_types(pending.items, reject)
+        kept_positions = {item.position for item in items}
+        for item in pending.items:
+            if item.position not in kept_positions and item.future is not None:
+                item.future.cancel()
+        stages["validate"] += time.perf_counter() - t
+
+        # 2-3. collect loaded images in order and embed them in groups as they arrive
+        stages["load"] = 0.0
+        stages["embed_images"] = 0.0
+        image_vectors, items = self._load_and_embed_images(items, reject, stages)
+
         t = time.perf_counter()
         with_text = [item for item in items if item.doc.text.strip()]
         text_matrix = self.embedder.embed_texts([item.doc.text for item in with_text]) if with_text else None
@@ -221,10 +321,12 @@ class Indexer:
                     item.doc.id,
                 )
         stages["upsert"] = time.perf_counter() - t
+        for name, seconds in stages.items():
+            self.stage_totals[name] = self.stage_totals.get(name, 0.0) + seconds
         indexed = len(items) - sum(1 for item in items if item.doc.id in failures)
         rejected.sort(key=lambda r: (r.position is None, r.position))
         return IngestReport(
-            indexed=indexed, rejected=rejected, stage_seconds=stages, seconds=time.perf_counter() - started
+            indexed=indexed, rejected=rejected, stage_seconds=stages, seconds=time.perf_counter() - pending.started
         )
 
     # -- stages ------------------------------------------------------------------------
@@ -256,52 +358,105 @@ class Indexer:
             kept.append(item)
         return kept
 
-    def _load_one(self, item: _Item) -> list[Image] | InvalidDocument:
+    def _image_path(self) -> tuple[Callable[[Image], Any], Callable[[Sequence[Any]], np.ndarray], int | None]:
+        """(prepare one image, embed prepared images, reduced-decode side) for this embedder."""
+        embedder = self.embedder
+        if isinstance(embedder, PreparingEmbedder):
+            draft = embedder.draft_size if self.reduced_jpeg_decode else None
+            return embedder.prepare_image, embedder.embed_prepared, draft
+        return _identity, embedder.embed_images, None  # embedders that take PIL images (tests, plugins)
+
+    def _loader_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=max(1, self.load_workers), thread_name_prefix="clipfuse-load"
+                )
+            return self._pool
+
+    def _load_one(self, doc: Document, prepare: Callable[[Image], Any], draft: int | None) -> _Loaded | _Failed:
+        """Runs in the pool: every image of one document, or the reason it cannot be used."""
         images = []
-        for number, source in enumerate(item.doc.images, start=1):
+        read = decode = preprocess = 0.0
+        for number, source in enumerate(doc.images, start=1):
+            which = f"image {number} of {len(doc.images)} ({source.describe()[:200]})"
+            c0 = time.thread_time()
             try:
-                images.append(self.loader.load(source))
+                data = self.loader.read_bytes(source)
+                c1 = time.thread_time()
+                image = self.loader.decode(data, draft_size=draft)
+                c2 = time.thread_time()
             except InvalidDocument as e:
-                which = f"image {number} of {len(item.doc.images)} ({source.describe()[:200]})"
-                return InvalidDocument(f"{which}: {e.message}", code=e.code, doc_id=item.doc.id)
-        return images
+                return _Failed(InvalidDocument(f"{which}: {e.message}", code=e.code, doc_id=doc.id), "load")
+            try:
+                images.append(prepare(image))
+            except Exception as e:  # a broken image must not hide behind a generic crash
+                return _Failed(
+                    InvalidDocument(f"{which}: could not preprocess the image: {e}", code="embedding_failed"), "embed"
+                )
+            c3 = time.thread_time()
+            # CPU time of this thread: waiting for the GIL, a core, a disk or a server does not count
+            read += c1 - c0
+            decode += c2 - c1
+            preprocess += c3 - c2
+        return _Loaded(images, read, decode, preprocess)
 
-    def _load_images(self, items: list[_Item], reject: Callable[..., None]) -> list[_Item]:
-        needing = [item for item in items if item.doc.images]
-        if not needing:
-            return items
-        workers = max(1, min(self.load_workers, len(needing)))
-        if workers == 1:
-            results = [self._load_one(item) for item in needing]
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipfuse-load") as pool:
-                results = list(pool.map(self._load_one, needing))
-        failed = set()
-        for item, result in zip(needing, results, strict=True):
-            if isinstance(result, InvalidDocument):
-                reject(item.position, item.raw, result, "load", item.doc.id)
-                failed.add(item.position)
-            else:
-                item.images = result
-        return [item for item in items if item.position not in failed]
-
-    def _embed_images(
-        self, items: list[_Item], reject: Callable[..., None]
+    def _load_and_embed_images(
+        self, items: list[_Item], reject: Callable[..., None], stages: dict[str, float]
     ) -> tuple[dict[str, np.ndarray], list[_Item]]:
-        with_images = [item for item in items if item.images]
-        if not with_images:
-            return {}, items
-        flat = [img for item in with_images for img in item.images]
+        """Wait for each document's images in order; embed a group as soon as it fills a model batch
+        (while the pool goes on with the next documents)."""
+        _, embed, _ = self._image_path()
+        group_size = max(1, int(getattr(self.embedder, "batch_size", 64)))
+        vectors: dict[str, np.ndarray] = {}
+        failed: set[int] = set()
+        group: list[_Item] = []
+        pending_images = 0
+
+        def flush() -> None:
+            nonlocal group, pending_images
+            if group:
+                t = time.perf_counter()
+                vectors.update(self._embed_group(group, embed, reject, failed))
+                stages["embed_images"] += time.perf_counter() - t
+            group, pending_images = [], 0
+
+        for item in items:
+            if item.future is None:
+                continue
+            t = time.perf_counter()
+            result = item.future.result()
+            stages["load"] += time.perf_counter() - t
+            if isinstance(result, _Failed):
+                reject(item.position, item.raw, result.error, result.stage, item.doc.id)
+                failed.add(item.position)
+                continue
+            for name in POOL_STAGES:
+                self.stage_totals[name] = self.stage_totals.get(name, 0.0) + getattr(result, name)
+            item.images = result.images
+            group.append(item)
+            pending_images += len(item.images)
+            if pending_images >= group_size:
+                flush()
+        flush()
+        return vectors, [item for item in items if item.position not in failed]
+
+    def _embed_group(
+        self,
+        group: list[_Item],
+        embed: Callable[[Sequence[Any]], np.ndarray],
+        reject: Callable[..., None],
+        failed: set[int],
+    ) -> dict[str, np.ndarray]:
         try:
-            matrix = self.embedder.embed_images(flat)
-            per_item = self._split(with_images, matrix)
+            return self._split(group, embed([img for item in group for img in item.images]))
         except EmbeddingError as e:
             # isolate the culprit(s): embed document by document
             log.warning("image batch failed (%s); retrying document by document", e)
             per_item = {}
-            for item in with_images:
+            for item in group:
                 try:
-                    per_item[item.doc.id] = self._split([item], self.embedder.embed_images(item.images))[item.doc.id]
+                    per_item[item.doc.id] = self._split([item], embed(item.images))[item.doc.id]
                 except EmbeddingError as err:
                     reject(
                         item.position,
@@ -310,8 +465,8 @@ class Indexer:
                         "embed",
                         item.doc.id,
                     )
-        kept = [item for item in items if not item.images or item.doc.id in per_item]
-        return per_item, kept
+                    failed.add(item.position)
+            return per_item
 
     @staticmethod
     def _split(items: list[_Item], matrix: np.ndarray) -> dict[str, np.ndarray]:
@@ -323,3 +478,7 @@ class Indexer:
             out[item.doc.id] = l2_normalize(matrix[start : start + count].mean(axis=0, keepdims=True))[0]
             start += count
         return out
+
+
+def _identity(image: Image) -> Image:
+    return image

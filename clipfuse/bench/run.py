@@ -1,0 +1,563 @@
+"""``clipfuse bench``: throughput of the ingest path and latency of the query path, in one run.
+
+Every figure comes from the same process, the same images and the same model, measured side by
+side (on a shared machine only ratios taken this way mean anything):
+
+- **model only**: the image tower on preprocessed tensors already on the host (and the text
+  tower on token ids already in memory): the ceiling.
+- **pipeline**: JPEG files on disk -> L2-normalised image vectors through the production
+  :class:`~clipfuse.workers.ingest.Indexer` (reduced JPEG decoding, decode + resize in the
+  loader's threads overlapped with the forward, uint8 batching), upsert to a backend that
+  discards the vectors.
+- **ingest**: the whole ``Indexer`` (images + texts + BM25 + upsert to an embedded Qdrant Edge
+  store in a temporary folder), documents per second.
+- **baseline**, clip-retrieval style: a torch ``DataLoader`` whose worker processes open each
+  file with PIL and apply open_clip's preprocess transform, then the forward (fp16 on CUDA,
+  fp32 on the CPU) and L2 normalisation.
+- text tower (``embed_texts``) and BM25 throughput, and the latency of a text hybrid query
+  (encode + retrieve + fuse) on an Edge store of ``query_docs`` documents whose dense vectors
+  are synthetic (random unit vectors; the BM25 vectors are real).
+
+Each measured phase runs ``repeats`` times in turns (model, pipeline, baseline, ...) and the
+best turn counts, so a burst of another process's work hurts one turn, not the comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipfuse.bench.images import synthetic_jpegs
+
+__all__ = ["BenchConfig", "run_bench", "synthetic_texts"]
+
+log = logging.getLogger(__name__)
+
+#: called with (phase, done, total) while a phase runs
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class BenchConfig:
+    model: str = "ViT-B-32"
+    pretrained: str | None = None
+    device: str = "auto"
+    #: None: bf16 on CUDA, fp32 on the CPU
+    precision: str | None = None
+    #: images / texts per forward pass
+    batch_size: int = 64
+    #: documents per ingest batch (None: 4 x batch_size, at least 64)
+    ingest_batch: int | None = None
+    images: int = 256
+    #: distinct generated photos (the rest repeat them; decoding costs the same)
+    unique_images: int = 64
+    #: the baseline DataLoader's worker processes
+    workers: int = 2
+    #: the Indexer's loader threads (read / decode / resize)
+    load_workers: int = 8
+    reduced_jpeg_decode: bool = True
+    ingest: bool = True
+    baseline: bool = True
+    texts: int = 512
+    query_docs: int = 10_000
+    queries: int = 100
+    repeats: int = 2
+    seed: int = 5
+
+
+_WORDS = {
+    "brand": ["Nordkap", "Alder", "Mistral", "Oakline", "Veloce", "Brisa", "Tundra", "Lumen"],
+    "color": ["red", "blue", "black", "white", "green", "beige", "navy", "grey", "pink", "olive"],
+    "pattern": ["striped", "checked", "solid", "dotted", "floral", "plaid"],
+    "material": ["cotton", "linen", "wool", "leather", "denim", "canvas", "silk"],
+    "category": ["t-shirt", "dress", "scarf", "ankle boots", "backpack", "jacket", "sneakers", "hat"],
+}
+
+
+def synthetic_texts(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Shop-like title / caption / description triples (~50 CLIP tokens together)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        w = {key: str(rng.choice(values)) for key, values in _WORDS.items()}
+        price = rng.uniform(9, 300)
+        out.append(
+            {
+                "title": f"{w['brand']} {w['color']} {w['pattern']} {w['material']} {w['category']}",
+                "caption": f"A {w['pattern']} {w['color']} {w['category']} in {w['material']}",
+                "description": (
+                    f"This {w['category']} by {w['brand']} is made of {w['material']} with a {w['pattern']} "
+                    f"{w['color']} finish. Price: {price:.2f}. In stock and ready to ship."
+                ),
+            }
+        )
+    return out
+
+
+class _DiscardBackend:
+    """A backend that keeps nothing: the pipeline phase measures JPEG bytes -> vectors."""
+
+    lexical = "native"  # no BM25 on this phase
+
+    def __init__(self) -> None:
+        self.vectors = 0
+
+    def ensure_schema(self, *, dim: int, model: str | None) -> None:
+        pass
+
+    def index_info(self) -> None:
+        return None
+
+    def register_fields(self, fields: Mapping[str, Any]) -> None:
+        pass
+
+    def upsert(self, documents: Sequence[Any]) -> dict[str, str]:
+        self.vectors += sum(1 for d in documents if d.image_vector is not None)
+        return {}
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the baseline's DataLoader workers)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass(frozen=True)
+class _Rate:
+    """Items per wall second, and items per CPU second (all threads and child processes): on a machine
+    shared with other work the second is the steadier measure of how much work an item costs."""
+
+    wall: float
+    cpu: float
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+
+    def rate(self, items: int) -> _Rate:
+        wall, cpu = time.perf_counter() - self.wall, _cpu_seconds() - self.cpu
+        return _Rate(items / wall, items / cpu if cpu > 0 else float("inf"))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+@contextmanager
+def _tempdir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+class _Bench:
+    def __init__(self, config: BenchConfig, progress: Progress | None) -> None:
+        import torch
+
+        from clipfuse.embedding.openclip import OpenClipEmbedder
+
+        self.config = config
+        self.progress = progress or (lambda phase, done, total: None)
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.precision = config.precision or ("bf16" if self.device.type == "cuda" else "fp32")
+        self.embedder = OpenClipEmbedder(
+            config.model,
+            pretrained=config.pretrained,
+            device=device,
+            precision=self.precision,
+            batch_size=config.batch_size,
+        )
+        self.embedder.load()
+        self.ingest_batch = config.ingest_batch or max(64, 4 * config.batch_size)
+
+    # -- phases -------------------------------------------------------------------------
+    def model_only_images(self, pixels: Any) -> _Rate:
+        """Images per second of the image tower on preprocessed host tensors (copy to the device included)."""
+        n, b = self.config.images, self.config.batch_size
+        batches = max(3, n // b)
+        for _ in range(2):  # warm-up: the first passes of a shape pick kernels
+            self.embedder.embed_pixels(pixels)
+        _sync(self.device)
+        clock = _Clock()
+        for i in range(batches):
+            self.embedder.embed_pixels(pixels)
+            self.progress("model only", (i + 1) * b, batches * b)
+        _sync(self.device)
+        return clock.rate(batches * b)
+
+    def model_only_texts(self, tokens: Any) -> _Rate:
+        """Texts per second of the text tower on token ids in memory (the production trimming included)."""
+        b = self.config.batch_size
+        for _ in range(2):
+            self.embedder.embed_tokens(tokens[:b])
+        clock = _Clock()
+        for start in range(0, len(tokens), b):
+            self.embedder.embed_tokens(tokens[start : start + b])
+        _sync(self.device)
+        return clock.rate(len(tokens))
+
+    def _indexer(self, backend: Any) -> Any:
+        from clipfuse.images import ImageLoader
+        from clipfuse.workers.ingest import Indexer
+
+        return Indexer(
+            self.embedder,
+            backend,
+            loader=ImageLoader(),
+            batch_size=self.ingest_batch,
+            load_workers=self.config.load_workers,
+            reduced_jpeg_decode=self.config.reduced_jpeg_decode,
+        )
+
+    def _run_indexer(self, indexer: Any, docs: list[dict[str, Any]], phase: str) -> tuple[_Rate, dict[str, float]]:
+        done = 0
+
+        def on_batch(report: Any, n: int) -> None:
+            nonlocal done
+            done += n
+            self.progress(phase, done, len(docs))
+
+        clock = _Clock()
+        report = indexer.index(docs, on_batch=on_batch)
+        _sync(self.device)
+        rate = clock.rate(len(docs))
+        indexer.close()
+        if report.indexed != len(docs):
+            raise RuntimeError(f"{phase}: {len(docs) - report.indexed} documents rejected: {report.rejected[:3]}")
+        stages = {k: round(v, 4) for k, v in indexer.stage_totals.items()}
+        return rate, stages
+
+    def pipeline(self, files: list[Path]) -> tuple[_Rate, dict[str, float]]:
+        backend = _DiscardBackend()
+        docs = [{"id": f"i{i}", "images": [{"path": str(p)}]} for i, p in enumerate(files)]
+        rate, stages = self._run_indexer(self._indexer(backend), docs, "pipeline")
+        if backend.vectors != len(files):
+            raise RuntimeError(f"pipeline produced {backend.vectors} vectors for {len(files)} images")
+        return rate, stages
+
+    def ingest(self, files: list[Path], texts: list[dict[str, str]], store: Path) -> tuple[_Rate, dict[str, float]]:
+        from clipfuse.plugin.edge import EdgeBackend
+
+        docs = [
+            {"id": f"d{i}", "images": [{"path": str(p)}], **texts[i % len(texts)], "attributes": {"n": i}}
+            for i, p in enumerate(files)
+        ]
+        backend = EdgeBackend(store, f"bench{time.monotonic_ns()}")
+        try:
+            return self._run_indexer(self._indexer(backend), docs, "ingest")
+        finally:
+            backend.close()
+
+    def baseline(self, files: list[Path]) -> _Rate:
+        """clip-retrieval style: DataLoader workers decode + preprocess, then an fp16 (GPU) / fp32 (CPU) forward."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        from clipfuse.embedding import l2_normalize
+
+        model = self._baseline_model
+        loader: DataLoader[Any] = DataLoader(
+            _FileDataset(files, self._baseline_preprocess),  # type: ignore[arg-type]
+            batch_size=self.config.batch_size,
+            num_workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        done = 0
+        clock = _Clock()
+        with torch.inference_mode():
+            for batch in loader:
+                features = model.encode_image(batch.to(self.device, dtype=dtype, non_blocking=True))
+                l2_normalize(features.float().cpu().numpy())
+                done += len(batch)
+                self.progress("baseline", done, len(files))
+        _sync(self.device)
+        del loader  # workers end and are reaped, so their CPU time counts
+        return clock.rate(len(files))
+
+    def load_baseline_model(self) -> None:
+        import open_clip
+
+        from clipfuse.embedding.openclip import resolve_model_name
+
+        resolved = resolve_model_name(self.config.model)
+        pretrained = None if resolved.startswith(("local-dir:", "hf-hub:")) else self.config.pretrained
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            resolved,
+            pretrained=pretrained,
+            precision="fp16" if self.device.type == "cuda" else "fp32",
+            device=self.device,
+        )
+        self._baseline_model = model.eval()
+        self._baseline_preprocess = preprocess
+
+    def query_latency(self, store: Path, texts: list[dict[str, str]]) -> dict[str, float]:
+        from clipfuse.embedding import l2_normalize
+        from clipfuse.plugin.bm25 import Bm25Encoder
+        from clipfuse.plugin.edge import EdgeBackend
+        from clipfuse.plugin.protocol import IndexedDocument
+        from clipfuse.plugin.searcher import HybridSearcher
+        from clipfuse.schemas import SearchRequest
+
+        n, dim = self.config.query_docs, self.embedder.dim
+        rng = np.random.default_rng(self.config.seed)
+        bm25 = Bm25Encoder()
+        backend = EdgeBackend(store, f"query{time.monotonic_ns()}")
+        try:
+            backend.ensure_schema(dim=dim, model=self.embedder.model_id)
+            backend.register_fields({"price": "number"})
+            started = time.perf_counter()
+            for start in range(0, n, 1000):
+                count = min(1000, n - start)
+                image = l2_normalize(rng.standard_normal((count, dim), dtype=np.float32))
+                text = l2_normalize(rng.standard_normal((count, dim), dtype=np.float32))
+                chunk = [texts[(start + i) % len(texts)] for i in range(count)]
+                joined = [f"{t['title']}\n{t['caption']}\n{t['description']}" for t in chunk]
+                sparse = bm25.encode_documents(joined)
+                backend.upsert(
+                    [
+                        IndexedDocument(
+                            id=f"q{start + i}",
+                            payload={"title": chunk[i]["title"], "price": float(start + i)},
+                            image_vector=image[i],
+                            text_vector=text[i],
+                            sparse=sparse[i],
+                            text=joined[i],
+                        )
+                        for i in range(count)
+                    ]
+                )
+                self.progress("query store", start + count, n)
+            backend.optimize()
+            build = time.perf_counter() - started
+            searcher = HybridSearcher(backend, embedder=self.embedder, bm25=bm25)
+            queries = [
+                f"{rng.choice(_WORDS['color'])} {rng.choice(_WORDS['pattern'])} {rng.choice(_WORDS['category'])}"
+                for _ in range(self.config.queries)
+            ]
+            for q in queries[:5]:  # warm-up: tokenizer, model, the store's id map
+                searcher.search(SearchRequest(text=q, k=10))
+            total, encode = [], []
+            for i, q in enumerate(queries):
+                t0 = time.perf_counter()
+                self.embedder.embed_texts([q])
+                t1 = time.perf_counter()
+                response = searcher.search(SearchRequest(text=q, k=10))
+                t2 = time.perf_counter()
+                if not response.hits:
+                    raise RuntimeError(f"query {q!r} found nothing in {n} documents")
+                encode.append((t1 - t0) * 1000)
+                total.append((t2 - t1) * 1000)
+                self.progress("queries", i + 1, len(queries))
+            return {
+                "documents": n,
+                "store_build_s": round(build, 2),
+                "p50_ms": round(_percentile(total, 50), 3),
+                "p95_ms": round(_percentile(total, 95), 3),
+                "encode_p50_ms": round(_percentile(encode, 50), 3),
+                "encode_p95_ms": round(_percentile(encode, 95), 3),
+            }
+        finally:
+            backend.close()
+
+
+class _FileDataset:
+    """What clip-retrieval's reader does per item: open the file with PIL, RGB, preprocess."""
+
+    def __init__(self, files: list[Path], preprocess: Any) -> None:
+        self.files = files
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Any:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as image:
+            return self.preprocess(image.convert("RGB"))
+
+
+@dataclass
+class _Best:
+    """The best (highest) throughput of several turns, with the stage figures of that turn."""
+
+    rate: float = 0.0
+    cpu_rate: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+    turns: list[float] = field(default_factory=list)
+
+    def add(self, rate: _Rate, stages: dict[str, float] | None = None) -> None:
+        self.turns.append(round(rate.wall, 3))
+        self.cpu_rate = max(self.cpu_rate, rate.cpu)
+        if rate.wall > self.rate:
+            self.rate, self.stages = rate.wall, stages or {}
+
+
+def _stage_breakdown(stages: dict[str, float], items: int) -> dict[str, Any]:
+    """Milliseconds per item per stage; the pool's stages are busy time summed over its threads."""
+    return {name: round(seconds * 1000 / items, 3) for name, seconds in sorted(stages.items())}
+
+
+def run_bench(config: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every phase and return the figures (see the module doc); JSON-serialisable."""
+    import torch
+
+    from clipfuse.images import ImageLoader
+
+    wall = time.perf_counter()
+    load_before = _load_average()
+    bench = _Bench(config, progress)
+    embedder = bench.embedder
+    n = config.images
+    blobs = synthetic_jpegs(min(n, max(1, config.unique_images)), seed=config.seed)
+    texts = synthetic_texts(max(config.texts, 64), seed=config.seed)
+    with _tempdir("clipfuse-bench-") as folder:
+        files = []
+        for i in range(n):
+            path = folder / f"img{i:06d}.jpg"
+            path.write_bytes(blobs[i % len(blobs)])
+            files.append(path)
+        loader = ImageLoader()
+        reference = [embedder.preprocess(loader.decode(b)) for b in blobs[: config.batch_size]]
+        while len(reference) < config.batch_size:
+            reference += reference[: config.batch_size - len(reference)]
+        pixels = torch.stack(reference)
+        joined = [f"{t['title']}\n{t['caption']}\n{t['description']}" for t in texts[: config.texts]]
+        tokens = embedder.tokenize(joined)
+        if config.baseline:
+            bench.load_baseline_model()
+
+        model_img, model_txt, pipe, ingest, base = _Best(), _Best(), _Best(), _Best(), _Best()
+        for _ in range(max(1, config.repeats)):
+            model_img.add(bench.model_only_images(pixels))
+            model_txt.add(bench.model_only_texts(tokens))
+            pipe.add(*bench.pipeline(files))
+            if config.baseline:
+                base.add(bench.baseline(files))
+            if config.ingest:
+                with _tempdir("clipfuse-bench-store-") as store:
+                    ingest.add(*bench.ingest(files, texts, store))
+
+        # text tower through embed_texts (tokenisation included) and BM25
+        started = time.perf_counter()
+        embedder.embed_texts(joined)
+        _sync(bench.device)
+        text_rate = len(joined) / (time.perf_counter() - started)
+        from clipfuse.plugin.bm25 import Bm25Encoder
+
+        bm25 = Bm25Encoder()
+        started = time.perf_counter()
+        bm25.encode_documents(joined)
+        bm25_rate = len(joined) / (time.perf_counter() - started)
+
+        query = None
+        if config.query_docs > 0 and config.queries > 0:
+            with _tempdir("clipfuse-bench-query-") as store:
+                query = bench.query_latency(store, texts)
+
+    sizes = sorted({f"{w}x{h}" for w, h in _sizes_of(blobs)})
+    per_doc_model = 1.0 / (1.0 / model_img.rate + 1.0 / model_txt.rate)
+    per_doc_model_cpu = 1.0 / (1.0 / model_img.cpu_rate + 1.0 / model_txt.cpu_rate)
+    result: dict[str, Any] = {
+        "config": asdict(config)
+        | {
+            "device_resolved": str(bench.device),
+            "precision_resolved": bench.precision,
+            "ingest_batch": bench.ingest_batch,
+        },
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": _load_average(),
+            "gpu": torch.cuda.get_device_name(bench.device) if bench.device.type == "cuda" else None,
+            "image_sizes": sizes,
+            "mean_jpeg_kb": round(sum(map(len, blobs)) / len(blobs) / 1024, 1),
+            "model_input": embedder.image_size,
+        },
+        "throughput": {
+            "model_only_images_per_s": round(model_img.rate, 3),
+            "model_only_texts_per_s": round(model_txt.rate, 3),
+            "model_only_documents_per_s": round(per_doc_model, 3),
+            "pipeline_images_per_s": round(pipe.rate, 3),
+            "baseline_images_per_s": round(base.rate, 3) if config.baseline else None,
+            "ingest_documents_per_s": round(ingest.rate, 3) if config.ingest else None,
+            "embed_texts_per_s": round(text_rate, 3),
+            "bm25_texts_per_s": round(bm25_rate, 3),
+        },
+        "per_cpu_second": {
+            "model_only_images": round(model_img.cpu_rate, 3),
+            "model_only_documents": round(per_doc_model_cpu, 3),
+            "pipeline_images": round(pipe.cpu_rate, 3),
+            "baseline_images": round(base.cpu_rate, 3) if config.baseline else None,
+            "ingest_documents": round(ingest.cpu_rate, 3) if config.ingest else None,
+        },
+        "cpu_ratios": {
+            "pipeline_vs_model_only": round(pipe.cpu_rate / model_img.cpu_rate, 4),
+            "pipeline_vs_baseline": round(pipe.cpu_rate / base.cpu_rate, 4) if config.baseline else None,
+            "ingest_vs_model_only_documents": round(ingest.cpu_rate / per_doc_model_cpu, 4) if config.ingest else None,
+        },
+        "turns": {
+            "model_only_images": model_img.turns,
+            "model_only_texts": model_txt.turns,
+            "pipeline": pipe.turns,
+            "baseline": base.turns,
+            "ingest": ingest.turns,
+        },
+        "ratios": {
+            "pipeline_vs_model_only": round(pipe.rate / model_img.rate, 4),
+            "pipeline_vs_baseline": round(pipe.rate / base.rate, 4) if config.baseline else None,
+            "ingest_vs_model_only_documents": round(ingest.rate / per_doc_model, 4) if config.ingest else None,
+        },
+        "stages_ms_per_image": {
+            "pipeline": _stage_breakdown(pipe.stages, n),
+            "ingest": _stage_breakdown(ingest.stages, n) if config.ingest else None,
+        },
+        "query": query,
+        "seconds": None,
+    }
+    result["seconds"] = round(time.perf_counter() - wall, 1)
+    return result
+
+
+def _sizes_of(blobs: list[bytes]) -> Iterator[tuple[int, int]]:
+    import io
+
+    from PIL import Image
+
+    for blob in blobs:
+        with Image.open(io.BytesIO(blob)) as image:
+            yield image.size
