@@ -28,6 +28,7 @@ __all__ = [
     "RESERVED_FIELDS",
     "AttributeValue",
     "Document",
+    "DocumentVectors",
     "ImageSource",
     "Scalar",
     "format_validation_error",
@@ -39,7 +40,18 @@ AttributeValue = Union[Scalar, list[Scalar]]
 
 #: payload keys clipfuse owns; attributes may not use them
 RESERVED_FIELDS = frozenset(
-    {"id", "doc_id", "title", "caption", "description", "images", "attributes", "image_vector", "text_vector"}
+    {
+        "id",
+        "doc_id",
+        "title",
+        "caption",
+        "description",
+        "images",
+        "attributes",
+        "vectors",
+        "image_vector",
+        "text_vector",
+    }
 )
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -101,6 +113,34 @@ class ImageSource(_Strict):
         return f"inline data ({len(self.data or '')} base64 chars)"
 
 
+#: one component of a precomputed vector: a JSON number (ints are taken as floats), finite
+_Component = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+_Vector = Annotated[list[_Component], Field(min_length=1, max_length=L.MAX_VECTOR_DIM)]
+
+
+class DocumentVectors(_Strict):
+    """Embeddings the catalog computed itself, in the index's model space.
+
+    ``image`` replaces embedding the document's images (they are then not loaded, only
+    shown as references in hits); ``text`` replaces embedding its title / caption /
+    description (BM25 still comes from those texts). Vectors are L2-normalised on
+    ingest; one whose length is not the index model's dimension rejects its document.
+    """
+
+    image: _Vector | None = None
+    text: _Vector | None = None
+
+    @model_validator(mode="after")
+    def _usable(self) -> DocumentVectors:
+        if self.image is None and self.text is None:
+            raise ValueError("vectors needs 'image' and/or 'text'")
+        for name in ("image", "text"):
+            vector = getattr(self, name)
+            if vector is not None and not any(vector):
+                raise ValueError(f"vectors.{name} is all zeros: a zero vector has no direction to search by")
+        return self
+
+
 def _check_scalar(name: str, value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"attribute {name!r}: numbers must be finite, got {value}")
@@ -115,8 +155,8 @@ class Document(_Strict):
     """One product: an id, images, texts and filterable attributes.
 
     ``id`` is the catalog's own id; indexing the same id again replaces the
-    previous version (ids are idempotent). At least one image or one text is
-    needed.
+    previous version (ids are idempotent). At least one image, one text or one
+    precomputed vector (``vectors``) is needed.
     """
 
     id: Annotated[str, Field(min_length=1, max_length=L.MAX_ID_CHARS)]
@@ -125,6 +165,7 @@ class Document(_Strict):
     caption: Annotated[str, Field(max_length=L.MAX_CAPTION_CHARS)] | None = None
     description: Annotated[str, Field(max_length=L.MAX_DESCRIPTION_CHARS)] | None = None
     attributes: Annotated[dict[str, AttributeValue], Field(max_length=L.MAX_ATTRIBUTES)] = {}
+    vectors: DocumentVectors | None = None
 
     @field_validator("id", mode="before")
     @classmethod
@@ -163,8 +204,15 @@ class Document(_Strict):
 
     @model_validator(mode="after")
     def _not_empty(self) -> Document:
-        if not self.images and not any(t and t.strip() for t in (self.title, self.caption, self.description)):
-            raise ValueError("document is empty: give at least one image or one of title / caption / description")
+        if (
+            not self.images
+            and self.vectors is None
+            and not any(t and t.strip() for t in (self.title, self.caption, self.description))
+        ):
+            raise ValueError(
+                "document is empty: give at least one image, one of title / caption / description, "
+                "or a precomputed vector (vectors.image / vectors.text)"
+            )
         return self
 
     @property
@@ -190,8 +238,10 @@ def format_validation_error(error: ValidationError, *, limit: int = 5) -> str:
         msg = item["msg"]
         ctx = item.get("ctx") or {}
         if item["type"] in {"string_too_long", "too_long"} and "max_length" in ctx:
-            # the innermost field names the limit: images.0.url is MAX_URL_CHARS, not MAX_IMAGES_PER_DOCUMENT
-            limit_name = _LIMIT_NAMES.get(str(item["loc"][-1]) if item["loc"] else "", "")
+            # the innermost field names the limit: images.0.url is MAX_URL_CHARS, not MAX_IMAGES_PER_DOCUMENT;
+            # a whole path wins over its last part (vectors.text is not the query's text)
+            path = ".".join(str(p) for p in item["loc"] if not isinstance(p, int))
+            limit_name = _LIMIT_NAMES.get(path) or _LIMIT_NAMES.get(str(item["loc"][-1]) if item["loc"] else "", "")
             msg = f"{msg}" + (f" ({limit_name})" if limit_name else "")
         parts.append(f"{loc}: {msg}")
     more = len(error.errors()) - limit
@@ -210,6 +260,8 @@ _LIMIT_NAMES = {
     "url": f"MAX_URL_CHARS={L.MAX_URL_CHARS}",
     "path": f"MAX_PATH_CHARS={L.MAX_PATH_CHARS}",
     "data": f"MAX_INLINE_IMAGE_CHARS={L.MAX_INLINE_IMAGE_CHARS}",
+    "vectors.image": f"MAX_VECTOR_DIM={L.MAX_VECTOR_DIM}",
+    "vectors.text": f"MAX_VECTOR_DIM={L.MAX_VECTOR_DIM}",
 }
 
 

@@ -23,6 +23,8 @@ MAX_PATH_CHARS = 4_096
 #: base64 text of an inline image (about 3/4 of this in bytes)
 MAX_INLINE_IMAGE_CHARS = 8 * 1024 * 1024
 MAX_DOCUMENTS_PER_MESSAGE = 1_000
+#: length of a precomputed vector a document may carry (``vectors.image`` / ``vectors.text``)
+MAX_VECTOR_DIM = 4_096
 
 # searches
 MAX_QUERY_TEXT_CHARS = 1_024

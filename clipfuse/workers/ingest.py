@@ -59,6 +59,9 @@ class _Item:
     doc: Document
     images: list[Any] = field(default_factory=list)  # prepared images (the embedder's input)
     future: Future[_Loaded | _Failed] | None = None
+    #: the document's own precomputed vectors, checked and normalised (``Document.vectors``)
+    image_vector: np.ndarray | None = None
+    text_vector: np.ndarray | None = None
 
 
 @dataclass
@@ -101,6 +104,12 @@ class Indexer:
     With a :class:`PreparingEmbedder` (OpenCLIP), JPEGs are decoded at reduced size when
     they are at least twice the model's input and preprocessing ends in one batched
     operation on the device.
+
+    A document's precomputed ``vectors`` take the place of the model: with ``vectors.image``
+    its images are neither loaded nor embedded (they stay in the payload as references), with
+    ``vectors.text`` its text is not embedded (BM25 still encodes it). A given vector whose
+    length is not the model's dimension rejects that document alone (stage ``validate``, code
+    ``vector_dimension``), before any of its images are fetched.
     """
 
     def __init__(
@@ -236,12 +245,18 @@ class Indexer:
                     item.doc.id,
                 )
             else:
+                try:
+                    self._take_vectors(item)
+                except InvalidDocument as e:
+                    self._reject(rejected, item.position, item.raw, e, "validate", item.doc.id)
+                    continue
                 kept.append(item)
         validate = time.perf_counter() - t
 
         # 2. start loading images: read, decode (reduced JPEG when allowed), prepare, in the pool
+        #    (not for a document that brought its own image vector)
         prepare, _, draft = self._image_path()
-        needing = [item for item in kept if item.doc.images]
+        needing = [item for item in kept if item.doc.images and item.image_vector is None]
         if needing:
             pool = self._loader_pool()
             for item in needing:
@@ -269,13 +284,16 @@ class Indexer:
         stages["load"] = 0.0
         stages["embed_images"] = 0.0
         image_vectors, items = self._load_and_embed_images(items, reject, stages)
+        image_vectors.update({item.doc.id: item.image_vector for item in items if item.image_vector is not None})
 
         t = time.perf_counter()
         with_text = [item for item in items if item.doc.text.strip()]
-        text_matrix = self.embedder.embed_texts([item.doc.text for item in with_text]) if with_text else None
+        to_embed = [item for item in with_text if item.text_vector is None]
+        text_matrix = self.embedder.embed_texts([item.doc.text for item in to_embed]) if to_embed else None
         text_vectors = (
-            {item.doc.id: text_matrix[i] for i, item in enumerate(with_text)} if text_matrix is not None else {}
+            {item.doc.id: text_matrix[i] for i, item in enumerate(to_embed)} if text_matrix is not None else {}
         )
+        text_vectors.update({item.doc.id: item.text_vector for item in items if item.text_vector is not None})
         stages["embed_texts"] = time.perf_counter() - t
 
         # 4. BM25 (engines that need sparse vectors)
@@ -330,6 +348,32 @@ class Indexer:
         )
 
     # -- stages ------------------------------------------------------------------------
+    def _take_vectors(self, item: _Item) -> None:
+        """Check the document's precomputed vectors against the model and keep them L2-normalised.
+
+        A wrong length is the document's fault, known before any work (stage ``validate``);
+        only the worker can know it, since only it knows the index's model.
+        """
+        given = item.doc.vectors
+        if given is None:
+            return
+        dim, model = self.embedder.dim, self.embedder.model_id
+        for name, values in (("image", given.image), ("text", given.text)):
+            if values is None:
+                continue
+            if len(values) != dim:
+                raise InvalidDocument(
+                    f"{name} vector has {len(values)} dimensions; the index's model {model} makes {dim}",
+                    code="vector_dimension",
+                )
+            vector = _unit(values)
+            if vector is None:  # the schema refuses these; a Document.model_construct does not
+                raise InvalidDocument(f"{name} vector must be finite and not all zeros", code="vector_zero")
+            if name == "image":
+                item.image_vector = vector
+            else:
+                item.text_vector = vector
+
     def _check_attribute_types(self, items: list[_Item], reject: Callable[..., None]) -> list[_Item]:
         """An attribute must keep one type across the index (or its filters would lie)."""
         seen: dict[str, FieldType] = dict(self._fields)
@@ -482,3 +526,17 @@ class Indexer:
 
 def _identity(image: Image) -> Image:
     return image
+
+
+def _unit(values: Sequence[float]) -> np.ndarray | None:
+    """``values`` as a float32 unit vector (cosine engines), or None when it has no direction.
+
+    Scaled by its largest component first, so neither tiny nor huge finite values under- or
+    overflow on the way to float32.
+    """
+    vector = np.asarray(values, dtype=np.float64)
+    peak = float(np.max(np.abs(vector)))
+    if not (peak > 0 and np.isfinite(peak)):
+        return None
+    vector = vector / peak  # largest component 1: the norm is between 1 and sqrt(MAX_VECTOR_DIM)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)

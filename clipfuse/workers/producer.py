@@ -13,7 +13,8 @@ anything is sent: a bad one is refused here, with its reason, and never reaches
 a worker. Accepted documents travel in messages of at most
 ``CLIPFUSE_BROKER__DOCUMENTS_PER_MESSAGE`` documents (never more than
 ``MAX_DOCUMENTS_PER_MESSAGE``) and ``CLIPFUSE_BROKER__MAX_MESSAGE_BYTES`` of JSON,
-inline images included; a single document larger than that is refused (send its
+inline images and precomputed ``vectors`` included (a 4,096-dimension vector is
+about 40-100 KB of JSON); a single document larger than that is refused (send its
 images by path or URL). Images travel by reference: a path must be readable by
 the workers (relative paths are resolved against ``base_dir`` when given), a URL
 is fetched by the worker.
@@ -200,9 +201,12 @@ def enqueue(
                     body = _message_body(doc, folder)
                     nbytes = _json_size(body)
                     if nbytes > budget:
+                        vectors = _json_size(body["vectors"]) if "vectors" in body else 0
                         raise InvalidDocument(
-                            f"document is {nbytes:,} bytes of JSON, over CLIPFUSE_BROKER__MAX_MESSAGE_BYTES="
-                            f"{budget:,}; send its images by path or URL instead of inline data",
+                            f"document is {nbytes:,} bytes of JSON"
+                            + (f" ({vectors:,} of them precomputed vectors)" if vectors else "")
+                            + f", over CLIPFUSE_BROKER__MAX_MESSAGE_BYTES={budget:,}; send its images by "
+                            "path or URL instead of inline data",
                             doc_id=doc.id,
                             code="message_too_large",
                         )
