@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The README's install command: the Python environment in .venv (the package, its extras
+# and the dev tools), plus the two Debian packages the test suite drives: chromium (the web
+# page test, through Playwright; its own browser download does not work offline) and
+# docker-compose (validates deploy/docker-compose.yml). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null || ! command -v docker-compose >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing chromium and docker-compose from Debian"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose >/dev/null
+  else
+    echo "note: install Debian's chromium and docker-compose (as root: apt-get install -y chromium docker-compose);" \
+      "the browser test fails without chromium and the compose check is skipped without docker-compose" >&2
+  fi
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -c "import clipfuse, open_clip, qdrant_client"  # fail early if the install did not work
+echo "installed: .venv/bin/clipfuse demo runs the demo, .venv/bin/python -m pytest the tests"
