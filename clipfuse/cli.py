@@ -20,7 +20,8 @@ from clipfuse.schemas import IngestReport, SearchRequest, SearchResponse, Weight
 from clipfuse.settings import DEMO_MODEL, Settings
 
 app = typer.Typer(
-    help="clipfuse: multimodal hybrid search (OpenCLIP + BM25) for product catalogs on Qdrant.",
+    help="clipfuse: multimodal hybrid search (OpenCLIP + BM25) for product catalogs on Qdrant and Elasticsearch. "
+    "Start with `clipfuse demo`; every command has --help; settings come from CLIPFUSE_* variables (README).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
