@@ -14,7 +14,8 @@ The result is an open_clip ``local-dir:`` model folder::
 and loads with ``open_clip.create_model_and_transforms("local-dir:<folder>")`` and
 ``open_clip.get_tokenizer("local-dir:<folder>")``.
 
-Training is contrastive (open_clip's ``ClipLoss``, learnable logit scale) on
+Training is contrastive (a multi-positive InfoNCE that equals open_clip's
+``ClipLoss`` when every text names the full look, learnable logit scale) on
 products from :func:`clipfuse.demo.catalog.generate_products` with the seeds in
 :data:`TRAIN_SEEDS`, rendered in memory by
 :func:`clipfuse.demo.catalog.render_image`.  Evaluation uses products from
@@ -107,20 +108,65 @@ def combo(product: Product) -> tuple[str, str, str]:
     return (product.category, product.color, product.pattern)
 
 
-def training_text(product: Product, rng: random.Random) -> str:
-    """A text for ``product``: mostly its caption or title, sometimes a variant.
+PARTIAL_SHARE: float = 0.25
+"""Default share of training texts that name only some of the visible attributes."""
 
-    Every variant names category, colour and pattern, so it describes the image
-    exactly (material and brand are noise the model learns to ignore).
+Named = tuple[str | None, str | None, str | None]
+"""The (category, colour, pattern) a text names; ``None`` where it says nothing."""
+
+_PARTIAL_KINDS: tuple[tuple[str, float], ...] = (
+    ("category", 0.25),
+    ("color_category", 0.30),
+    ("pattern_category", 0.25),
+    ("color_pattern", 0.20),
+)
+"""Kinds of partial-attribute texts and their relative frequencies."""
+
+
+def _pattern_phrase(pattern: str, what: str) -> str:
+    """``"{what} with stripes"``-style phrase (``"plain {what}"`` for solid)."""
+    return f"plain {what}" if pattern == "solid" else f"{what} with {_PATTERN_NOUNS[pattern]}"
+
+
+def partial_text(product: Product, rng: random.Random) -> tuple[str, Named]:
+    """A short text naming only some visible attributes of ``product``, like a shopper's query.
+
+    One of: category only (``"sneakers"``), colour + category (``"red t-shirt"``),
+    pattern + category (``"striped dress"``) or colour + pattern
+    (``"red striped"``), in a few template variants.  Returns the text and the
+    (category, colour, pattern) it names, ``None`` for what it leaves out.
     """
+    c, col, pat = product.category, product.color, product.pattern
+    kinds, weights = zip(*_PARTIAL_KINDS, strict=True)
+    kind = rng.choices(kinds, weights)[0]
+    if kind == "category":
+        return rng.choice((c, f"a {c}", f"a photo of a {c}", f"{product.material} {c}")), (c, None, None)
+    if kind == "color_category":
+        return rng.choice((f"{col} {c}", f"a {col} {c}", f"{c} in {col}")), (c, col, None)
+    if kind == "pattern_category":
+        return rng.choice((f"{pat} {c}", f"a {pat} {c}", _pattern_phrase(pat, c))), (c, None, pat)
+    return rng.choice((f"{col} {pat}", f"{pat} {col}", _pattern_phrase(pat, col))), (None, col, pat)
+
+
+def training_text(product: Product, rng: random.Random, partial_share: float = PARTIAL_SHARE) -> tuple[str, Named]:
+    """A text for ``product`` and the (category, colour, pattern) it names.
+
+    With probability ``partial_share`` a short partial-attribute text
+    (:func:`partial_text`); otherwise mostly its caption or title, sometimes a
+    variant, all of which name category, colour and pattern, so they describe
+    the image exactly (material and brand are noise the model learns to ignore).
+    """
+    if rng.random() < partial_share:
+        return partial_text(product, rng)
+    full = combo(product)
     r = rng.random()
     if r < 0.4:
-        return product.caption
+        return product.caption, full
     if r < 0.7:
-        return product.title
+        return product.title, full
     if r < 0.8:
-        return product.description
-    c, col, pat = product.category, product.color, product.pattern
+        return product.description, full
+    c, col, pat = full
     templates = (
         f"{col} {pat} {c}",
         f"{pat} {col} {c}",
@@ -129,7 +175,40 @@ def training_text(product: Product, rng: random.Random) -> str:
         f"a photo of a {col} {pat} {c}",
         f"{product.material} {c} in {col}, {pat}",
     )
-    return rng.choice(templates)
+    return rng.choice(templates), full
+
+
+def consistent(named: Named, look: tuple[str, str, str]) -> bool:
+    """Whether a text naming ``named`` describes an image showing ``look``."""
+    return all(n is None or n == v for n, v in zip(named, look, strict=True))
+
+
+def match_matrix(named: Sequence[Named], looks: Sequence[tuple[str, str, str]]) -> torch.Tensor:
+    """``(len(named), len(looks))`` bool matrix: text ``i`` is consistent with image ``j``."""
+    return torch.tensor([[consistent(n, look) for look in looks] for n in named], dtype=torch.bool)
+
+
+def multi_positive_clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    match: torch.Tensor,
+) -> torch.Tensor:
+    """Symmetric contrastive loss with several positives per row.
+
+    ``match[i, j]`` says text ``i`` is consistent with image ``j``.  The target
+    distribution of text ``i`` is uniform over its consistent images, that of
+    image ``j`` uniform over its consistent texts; the loss is the mean of the
+    two soft cross-entropies.  With one positive per row and column (the
+    identity, as with full texts on a batch of distinct looks) it equals
+    ``open_clip.ClipLoss``.
+    """
+    logits_per_text = logit_scale * text_features @ image_features.T
+    target = match.to(logits_per_text.dtype)
+    t2i = -(target / target.sum(1, keepdim=True) * logits_per_text.log_softmax(1)).sum(1).mean()
+    target_t = target.T
+    i2t = -(target_t / target_t.sum(1, keepdim=True) * logits_per_text.T.log_softmax(1)).sum(1).mean()
+    return (t2i + i2t) / 2
 
 
 GRID_SHAPES: tuple[tuple[int, int, int], ...] = ((8, 4, 4), (8, 8, 2), (4, 8, 4), (4, 10, 3))
@@ -258,6 +337,81 @@ def recall_at_k(
     return {f"R@{k}": round(float((ranks <= k).float().mean()), 4) for k in ks}
 
 
+PARTIAL_QUERY_TEMPLATES: dict[str, tuple[Callable[[str, str, str], str], Callable[[str, str, str], str]]] = {
+    "category": (lambda c, col, pat: c, lambda c, col, pat: f"{c} for sale"),
+    "color_category": (lambda c, col, pat: f"{col} {c}", lambda c, col, pat: f"{col} coloured {c}"),
+    "pattern_category": (lambda c, col, pat: f"{pat} {c}", lambda c, col, pat: f"{c} with a {pat} pattern"),
+    "color_pattern": (lambda c, col, pat: f"{col} {pat}", lambda c, col, pat: f"{col} and {pat}"),
+}
+"""Partial-attribute query kinds: (shopper phrasing, phrasing never used in training)."""
+
+_PARTIAL_QUERY_NAMED: dict[str, Callable[[str, str, str], Named]] = {
+    "category": lambda c, col, pat: (c, None, None),
+    "color_category": lambda c, col, pat: (c, col, None),
+    "pattern_category": lambda c, col, pat: (c, None, pat),
+    "color_pattern": lambda c, col, pat: (None, col, pat),
+}
+
+EXAMPLE_QUERIES: dict[str, Named] = {
+    "red t-shirt": ("t-shirt", "red", None),
+    "striped dress": ("dress", None, "striped"),
+    "ankle boots": ("ankle boots", None, None),
+    "sneakers": ("sneakers", None, None),
+    "black": (None, "black", None),
+}
+"""Short queries reported one by one (precision@10)."""
+
+
+def precision_at_k(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    image_feats: torch.Tensor,
+    looks: Sequence[tuple[str, str, str]],
+    queries: Sequence[tuple[str, Named]],
+    k: int = 10,
+) -> list[float]:
+    """Per query: share of the top ``k`` images consistent with what it names.
+
+    The denominator is ``min(k, #consistent images in the pool)``.
+    """
+    text_feats = encode_texts(model, tokenizer, [q for q, _ in queries])
+    relevant = match_matrix([n for _, n in queries], looks)
+    top = (text_feats @ image_feats.T).topk(k, dim=1).indices
+    hits = relevant.gather(1, top).sum(1).float()
+    return (hits / relevant.sum(1).clamp(max=k).float()).tolist()
+
+
+def partial_query_precision(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    image_feats: torch.Tensor,
+    products: Sequence[Product],
+    k: int = 10,
+) -> dict[str, Any]:
+    """Mean precision@k of text->image retrieval for partial-attribute queries.
+
+    For each kind in :data:`PARTIAL_QUERY_TEMPLATES`, one query per distinct
+    partial look present in ``products`` (e.g. every "colour category" pair), in
+    the shopper phrasing (``kind``) and in a phrasing training never used
+    (``kind/rephrased``); plus the :data:`EXAMPLE_QUERIES` one by one.
+    """
+    looks = [combo(p) for p in products]
+    out: dict[str, Any] = {}
+    for kind, (phrase, rephrase) in PARTIAL_QUERY_TEMPLATES.items():
+        named_fn = _PARTIAL_QUERY_NAMED[kind]
+        seen = dict.fromkeys(named_fn(*look) for look in looks)
+        for suffix, fn in (("", phrase), ("/rephrased", rephrase)):
+            queries = []
+            for named in seen:
+                look = next(lk for lk in looks if consistent(named, lk))
+                queries.append((fn(*look), named))
+            prec = precision_at_k(model, tokenizer, image_feats, looks, queries, k)
+            out[f"{kind}{suffix}"] = {"P@10": round(sum(prec) / len(prec), 4), "queries": len(prec)}
+    prec = precision_at_k(model, tokenizer, image_feats, looks, list(EXAMPLE_QUERIES.items()), k)
+    out["examples"] = {q: round(v, 2) for q, v in zip(EXAMPLE_QUERIES, prec, strict=True)}
+    return out
+
+
 def evaluate(
     model: torch.nn.Module,
     preprocess: Callable[[Image.Image], torch.Tensor],
@@ -293,6 +447,7 @@ def evaluate(
             "image_to_text_caption": recall_at_k(img, cap),
             "text_to_image_title": recall_at_k(tit, img),
             "image_to_text_title": recall_at_k(img, tit),
+            "partial_queries": partial_query_precision(model, tokenizer, img, products),
         }
     return results
 
@@ -341,6 +496,7 @@ def train(
     threads: int = 2,
     eval_n: int = 1000,
     log_every: int = 20,
+    partial_share: float = PARTIAL_SHARE,
 ) -> dict[str, Any]:
     """Train the demo model and write the ``local-dir:`` folder to ``out_dir``."""
     t_start = time.perf_counter()
@@ -352,7 +508,6 @@ def train(
 
     model, preprocess, tokenizer = build_model()
     tokens = TokenCache(tokenizer)
-    loss_fn = open_clip.ClipLoss()
     groups = _param_groups(model, weight_decay, logit_scale_lr_mult)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
@@ -380,11 +535,13 @@ def train(
             group["lr"] = lr_at(step) * group["lr_mult"]
         t0 = time.perf_counter()
         pixels = torch.stack([preprocess(render_for_training(p, step, rng)) for p in batch])
-        text = tokens([training_text(p, rng) for p in batch])
+        texts, named = zip(*(training_text(p, rng, partial_share) for p in batch), strict=True)
+        text = tokens(texts)
+        match = match_matrix(named, [combo(p) for p in batch])
         render_s += time.perf_counter() - t0
 
         out = model(pixels, text)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        loss = multi_positive_clip_loss(out["image_features"], out["text_features"], out["logit_scale"], match)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -435,6 +592,9 @@ def train(
             "steps": steps,
             "batch_shapes": [list(shape) for shape in GRID_SHAPES],
             "samples_seen": samples_seen,
+            "partial_text_share": partial_share,
+            "partial_text_kinds": dict(_PARTIAL_KINDS),
+            "loss": "multi-positive symmetric InfoNCE",
             "logit_scale_lr_mult": logit_scale_lr_mult,
             "lr": lr,
             "weight_decay": weight_decay,
@@ -514,6 +674,28 @@ def model_card(metrics: dict[str, Any]) -> str:
             f"| {label} | {_fmt(r['text_to_image_caption'])} | {_fmt(r['image_to_text_caption'])} "
             f"| {_fmt(r['text_to_image_title'])} | {_fmt(r['image_to_text_title'])} |"
         )
+    partial_rows = []
+    kinds = (
+        ("category", '"sneakers"'),
+        ("color_category", '"red t-shirt"'),
+        ("pattern_category", '"striped dress"'),
+        ("color_pattern", '"red striped"'),
+    )
+    for kind, example in kinds:
+        cells = [
+            f"{held[r]['partial_queries'][kind]['P@10']:.3f} / "
+            f"{held[r]['partial_queries'][kind + '/rephrased']['P@10']:.3f}"
+            for r in ("direct64", "catalog256")
+        ]
+        n_queries = held["direct64"]["partial_queries"][kind]["queries"]
+        label = kind.replace("_", " + ").replace("color", "colour")
+        partial_rows.append(f"| {label} (e.g. {example}) | {n_queries} | {' | '.join(cells)} |")
+    examples = held["direct64"]["partial_queries"]["examples"]
+    example_line = ", ".join(f'"{q}" {v:.1f}' for q, v in examples.items())
+    kinds_share = ", ".join(
+        f"{k.replace('_', ' + ').replace('color', 'colour')} {v * 100:.0f} %"
+        for k, v in tr["partial_text_kinds"].items()
+    )
     size_mb = metrics["weights_file_bytes"] / 1e6
     hist = tr["history"]
     fastest = min((b["elapsed_s"] - a["elapsed_s"]) / (b["step"] - a["step"]) for a, b in itertools.pairwise(hist))
@@ -558,12 +740,19 @@ mean/std.
 * Data: `generate_products({tr["products_per_seed"]}, seed)` for seeds
   {tr["train_seeds"][0]}..{tr["train_seeds"][-1]} ({tr["training_pool"]} products), images rendered in memory
   by `render_image` (65 % at 64 px, 27 % at 80-128 px, 8 % at 256 px through a
-  JPEG round trip). Texts: caption 40 %, title 30 %, description 10 %, short
-  attribute phrases 20 %. Each batch is a full sub-grid of the visible attributes
+  JPEG round trip). Texts: {tr["partial_text_share"] * 100:.0f} % are *partial-attribute* texts
+  naming only some visible attributes, like shoppers' queries ({kinds_share};
+  e.g. "sneakers", "a red t-shirt", "dress with stripes", "red striped"); the
+  rest name category, colour and pattern: caption 40 %, title 30 %, description
+  10 %, short full-attribute phrases 20 %. Each batch is a full sub-grid of the visible attributes
   (e.g. all 8 categories x 4 colours x 4 patterns, one product per combination):
   no two items look alike (no false negatives) and every item meets the negatives
   that differ from it in a single attribute.
-* Objective: CLIP InfoNCE (`open_clip.ClipLoss`), learnable logit scale
+* Objective: multi-positive symmetric InfoNCE (`multi_positive_clip_loss`): a
+  text's target distribution is uniform over the batch images whose look is
+  consistent with the attributes it names, an image's uniform over the texts
+  consistent with its look. With full texts only it is exactly CLIP InfoNCE
+  (`open_clip.ClipLoss`). Learnable logit scale
   (final {tr["final_logit_scale"]:.1f}), final loss {tr["final_loss"]:.3f}.
 * {tr["steps"]} steps, batches of 120-128, {tr["samples_seen"]} image/text pairs in all,
   AdamW (lr {tr["lr"]}, wd {tr["weight_decay"]}, betas 0.9/0.98), {tr["warmup_steps"]} warm-up
@@ -593,6 +782,20 @@ titles (which also name brand and material).
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
+Partial-attribute queries (what shoppers type): one query per partial look
+present in the pool (e.g. every colour + category pair), text->image,
+precision@10 = share of the top 10 images whose look is consistent with the
+query (denominator min(10, #consistent images)). First figure: the shopper
+phrasing ("red t-shirt", also a training template); second: a phrasing training
+never used ("red coloured t-shirt", "dress with a striped pattern",
+"sneakers for sale", "red and striped").
+
+| query kind | queries | P@10, rendered at 64 px | P@10, 256 px JPEG |
+|---|---|---|---|
+{chr(10).join(partial_rows)}
+
+Single queries at 64 px (P@10): {example_line}.
+
 ## Limitations
 
 Material, brand, price and stock are not visible and are not encoded reliably;
@@ -610,6 +813,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-n", type=int, default=1000)
+    parser.add_argument(
+        "--partial-share",
+        type=float,
+        default=PARTIAL_SHARE,
+        help="share of training texts naming only some visible attributes",
+    )
     args = parser.parse_args(argv)
     train(
         args.out,
@@ -619,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         threads=args.threads,
         eval_n=args.eval_n,
+        partial_share=args.partial_share,
     )
 
 
