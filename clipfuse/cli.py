@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,6 +16,7 @@ from rich.table import Table
 from clipfuse.errors import ClipfuseError
 from clipfuse.schemas import IngestReport, SearchRequest, SearchResponse, Weights, parse_filter
 from clipfuse.settings import DEMO_MODEL, Settings
+from clipfuse.sources import count_catalog, read_catalog
 
 app = typer.Typer(
     help="clipfuse: multimodal hybrid search (OpenCLIP + BM25) for product catalogs on Qdrant and Elasticsearch. "
@@ -29,7 +28,6 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 ModelOpt = Annotated[
     Optional[str],
@@ -84,33 +82,6 @@ def _progress() -> Progress:
     )
 
 
-# -- reading catalogs --------------------------------------------------------------------
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any] | Any]:
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                yield {"id": f"{path.name}:line{number}", "__invalid_json__": f"line {number} is not JSON: {e}"}
-
-
-def _folder_documents(folder: Path) -> Iterator[dict[str, Any]]:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            rel = path.relative_to(folder)
-            title = path.stem.replace("_", " ").replace("-", " ")
-            yield {"id": rel.as_posix(), "images": [{"path": str(path)}], "title": title}
-
-
-def _count_catalog(path: Path) -> int:
-    if path.is_dir():
-        return sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    with path.open(encoding="utf-8") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
 def run_index(settings: Settings, path: Path, *, show_progress: bool = True, optimize: bool = True) -> IngestReport:
     """Index a JSONL catalog or a folder of images in-process (the CLI's and the demo's path).
 
@@ -126,8 +97,8 @@ def run_index(settings: Settings, path: Path, *, show_progress: bool = True, opt
         )
     base_dir = path if path.is_dir() else path.parent
     indexer = build_indexer(settings, base_dir=base_dir)
-    documents = _folder_documents(path) if path.is_dir() else _read_jsonl(path)
-    total = _count_catalog(path)
+    documents = read_catalog(path)
+    total = count_catalog(path)
     try:
         with _progress() as progress:
             task = progress.add_task(f"indexing {path.name}", total=total, visible=show_progress)

@@ -130,6 +130,24 @@ def test_index_a_folder_of_images_with_a_bad_file(tmp_path: Path, demo_catalog: 
     assert [(r["id"], r["code"]) for r in data["rejected"]] == [("broken.jpg", "image_unreadable")]
 
 
+def test_a_line_that_is_not_json_is_rejected_alone_with_its_line(tmp_path: Path, demo_catalog: Path) -> None:
+    catalog = tmp_path / "catalog.jsonl"
+    lines = demo_catalog.read_text().splitlines()[:3]
+    catalog.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    shutil.copytree(demo_catalog.parent / "images", tmp_path / "images")
+    report = tmp_path / "report.json"
+    result = runner.invoke(
+        app,
+        ["index", str(catalog), "--model", "clipfuse-demo", "--store", str(tmp_path / "s"), "--report", str(report)],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["indexed"] == 3
+    [bad] = data["rejected"]
+    assert (bad["id"], bad["code"], bad["position"]) == ("catalog.jsonl:line2", "invalid_json", 1)
+    assert bad["reason"].startswith("line 2 is not JSON")
+
+
 def test_missing_catalog_and_help() -> None:
     result = runner.invoke(app, ["index", "/no/such/catalog.jsonl", "--model", "clipfuse-demo"])
     assert result.exit_code == 2 and "does not exist" in result.output

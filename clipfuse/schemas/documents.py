@@ -269,8 +269,15 @@ def _clip(text: str, size: int = 80) -> str:
     return text if len(text) <= size else f"{text[:size]}...({len(text):,} chars)"
 
 
-def parse_document(raw: Document | dict[str, Any]) -> Document:
-    """Validate one raw document; raise :class:`InvalidDocument` with a readable reason."""
+def parse_document(raw: Document | dict[str, Any] | InvalidDocument) -> Document:
+    """Validate one raw document; raise :class:`InvalidDocument` with a readable reason.
+
+    A reader that could not even read an item (a line that is not JSON) passes its
+    :class:`InvalidDocument` in the item's place; it is raised here, so every caller
+    rejects it like any other invalid document.
+    """
+    if isinstance(raw, InvalidDocument):
+        raise raw
     if isinstance(raw, Document):
         return raw
     doc_id = raw.get("id") if isinstance(raw, dict) else None

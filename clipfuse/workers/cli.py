@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,15 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from clipfuse.errors import ClipfuseError, InvalidDocument
+from clipfuse.errors import ClipfuseError
 from clipfuse.settings import Settings
+from clipfuse.sources import count_catalog, read_catalog
 
 __all__ = ["app", "dead_letters_app", "register"]
 
 console = Console()
 err = Console(stderr=True)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 app = typer.Typer(
     help="clipfuse queue commands: run workers, enqueue catalogs, watch progress, replay dead letters.",
@@ -195,31 +194,6 @@ def worker(
 
 
 # -- enqueue ---------------------------------------------------------------------------------
-def _read_catalog(path: Path) -> Iterator[Any]:
-    if path.is_dir():
-        for file in sorted(path.rglob("*")):
-            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
-                rel = file.relative_to(path)
-                title = file.stem.replace("_", " ").replace("-", " ")
-                yield {"id": rel.as_posix(), "images": [{"path": str(file.resolve())}], "title": title}
-        return
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                yield InvalidDocument(f"line {number} is not JSON: {e}", code="invalid_json")
-
-
-def _count_catalog(path: Path) -> int:
-    if path.is_dir():
-        return sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    with path.open(encoding="utf-8") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
 def enqueue(
     path: Annotated[Path, typer.Argument(help="a JSONL catalog (one document per line) or a folder of images")],
     queue: QueueOpt = None,
@@ -243,7 +217,7 @@ def enqueue(
     settings = _settings(index, queue, broker)
     if not path.exists():
         _fail(f"{path} does not exist: give a JSONL catalog (one document per line) or a folder of images")
-    total = _count_catalog(path)
+    total = count_catalog(path)
     base_dir = path if path.is_dir() else path.parent
     progress = Progress(
         TextColumn("{task.description}"),
@@ -257,7 +231,7 @@ def enqueue(
         with progress:
             task = progress.add_task(f"enqueueing {path.name}", total=total)
             result = send(
-                _read_catalog(path),
+                read_catalog(path),
                 settings=settings,
                 chunk_size=chunk_size,
                 base_dir=base_dir,

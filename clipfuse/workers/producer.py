@@ -195,9 +195,7 @@ def enqueue(
         with app.producer_or_acquire() as producer:
             for position, raw in enumerate(documents):
                 try:
-                    if isinstance(raw, InvalidDocument):  # a reader's error for this item (e.g. a bad JSON line)
-                        raise raw
-                    doc = parse_document(raw)
+                    doc = parse_document(raw)  # raises a reader's own InvalidDocument (a bad JSON line) too
                     body = _message_body(doc, folder)
                     nbytes = _json_size(body)
                     if nbytes > budget:
@@ -220,9 +218,7 @@ def enqueue(
                             position=position,
                             document=Rejection.keepable(
                                 raw.model_dump(mode="json") if isinstance(raw, Document) else raw
-                            )
-                            if not isinstance(raw, InvalidDocument)
-                            else None,
+                            ),
                         )
                     )
                     if on_progress:
