@@ -183,10 +183,6 @@ def get_runtime(app: Celery) -> WorkerRuntime:
         return runtime
 
 
-def _store_locked(error: ConfigurationError) -> bool:
-    return isinstance(error, StoreLocked)
-
-
 class WorkerRuntime:
     """What one worker process holds: the model, the engine client, the dead-letter store, metrics."""
 
@@ -229,10 +225,8 @@ class WorkerRuntime:
 
             try:
                 backend = build_backend(self.settings)
-            except ConfigurationError as e:
-                if _store_locked(e):  # another process has the embedded store open: wait for it
-                    raise BackendUnavailable(str(e)) from e
-                raise
+            except StoreLocked as e:  # another process has the embedded store open: wait for it
+                raise BackendUnavailable(str(e)) from e
             self._indexer = build_indexer(self.settings, backend=backend, embedder=self.embedder())
         return self._indexer
 
