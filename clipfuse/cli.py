@@ -15,8 +15,9 @@ from rich.table import Table
 
 from clipfuse.errors import ClipfuseError
 from clipfuse.schemas import IngestReport, SearchRequest, SearchResponse, Weights, parse_filter
+from clipfuse.schemas.safetext import markup_safe
 from clipfuse.settings import DEMO_MODEL, Settings
-from clipfuse.sources import count_catalog, read_catalog
+from clipfuse.sources import CatalogReader
 
 app = typer.Typer(
     help="clipfuse: multimodal hybrid search (OpenCLIP + BM25) for product catalogs on Qdrant and Elasticsearch. "
@@ -66,7 +67,7 @@ def _settings(model: str | None = None, index: str | None = None, store: Path | 
 
 
 def _fail(error: Exception) -> None:
-    err.print(f"[bold red]error:[/] {error}")
+    err.print(f"[bold red]error:[/] {markup_safe(error)}")
     raise typer.Exit(2)
 
 
@@ -97,12 +98,14 @@ def run_index(settings: Settings, path: Path, *, show_progress: bool = True, opt
         )
     base_dir = path if path.is_dir() else path.parent
     indexer = build_indexer(settings, base_dir=base_dir)
-    documents = read_catalog(path)
-    total = count_catalog(path)
+    catalog = CatalogReader(path)
+    total = catalog.count()
     try:
         with _progress() as progress:
             task = progress.add_task(f"indexing {path.name}", total=total, visible=show_progress)
-            report = indexer.index(documents, on_batch=lambda r, n: progress.advance(task, n))
+            report = indexer.index(catalog, on_batch=lambda r, n: progress.advance(task, n))
+        for rejection in report.rejected:
+            rejection.line = catalog.line_of(rejection.position)
         if optimize and report.indexed:
             _optimize(indexer.backend, show_progress=show_progress)
     finally:
@@ -128,15 +131,16 @@ def _print_report(report: IngestReport, report_path: Path | None) -> None:
         f"({', '.join(f'{k} {v:.1f}s' for k, v in report.stage_seconds.items())})"
     )
     if report.rejected:
-        table = Table("id", "stage", "code", "reason", title="rejected documents", show_lines=False)
+        table = Table("line", "id", "stage", "code", "reason", title="rejected documents", show_lines=False)
         for r in report.rejected[:50]:
-            table.add_row(str(r.id), r.stage, r.code, r.reason)
+            line = "" if r.line is None else str(r.line)
+            table.add_row(line, markup_safe(r.id), r.stage, markup_safe(r.code), markup_safe(r.reason))
         console.print(table)
         if len(report.rejected) > 50:
             console.print(f"... and {len(report.rejected) - 50} more")
     if report_path is not None:
-        report_path.write_text(report.model_dump_json(indent=2))
-        console.print(f"full report written to {report_path}")
+        report_path.write_text(report.model_dump_json(indent=2), encoding="utf-8")
+        console.print(f"full report written to {markup_safe(report_path)}")
 
 
 @app.command()
@@ -168,8 +172,8 @@ def index(
     if report is None and result.rejected:
         fallback = (settings.embedded_store or Path("clipfuse-data")).parent / "last-index-report.json"
         fallback.parent.mkdir(parents=True, exist_ok=True)
-        fallback.write_text(result.model_dump_json(indent=2))
-        console.print(f"rejections written to {fallback}")
+        fallback.write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        console.print(f"rejections written to {markup_safe(fallback)}")
 
 
 def _weights(spec: str | None) -> Weights:

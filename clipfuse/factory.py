@@ -113,6 +113,7 @@ def build_image_loader(settings: ImageSettings, *, base_dir: Path | None = None)
             max_pixels=settings.max_pixels,
             fetch_timeout_s=settings.fetch_timeout_s,
             allow_private_urls=settings.allow_private_urls,
+            allowed_networks=tuple(settings.allowed_networks),
         ),
         base_dir=base_dir,
     )

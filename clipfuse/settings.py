@@ -7,10 +7,11 @@ explicit objects. Example: ``CLIPFUSE_MODEL__NAME=ViT-B-16``,
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipfuse.schemas import limits as L
@@ -59,6 +60,22 @@ class ImageSettings(BaseModel):
     allow_private_urls: bool = Field(
         False, description="fetch URLs that resolve to private / loopback addresses (off: SSRF guard)"
     )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description='address ranges image URLs may resolve to besides the public internet, e.g. ["10.20.0.0/16"] '
+        "(an internal image host), with the SSRF guard on for everything else",
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"allowed_networks: {net!r} is not an address range (CIDR): {e}") from None
+        return value
+
     load_workers: int = Field(
         8, ge=1, le=256, description="threads that read / fetch / decode / resize images while the model runs"
     )

@@ -26,6 +26,12 @@ MAX_DOCUMENTS_PER_MESSAGE = 1_000
 #: length of a precomputed vector a document may carry (``vectors.image`` / ``vectors.text``)
 MAX_VECTOR_DIM = 4_096
 
+# catalogs (JSONL): checked on the raw line, before it is parsed
+#: bytes of one catalog line (a document with the most inline images fits, with room to spare)
+MAX_CATALOG_LINE_BYTES = MAX_IMAGES_PER_DOCUMENT * MAX_INLINE_IMAGE_CHARS + 1024 * 1024
+#: objects / arrays inside one another in a document (a valid document needs 3)
+MAX_JSON_DEPTH = 32
+
 # searches
 MAX_QUERY_TEXT_CHARS = 1_024
 MAX_K = 1_000

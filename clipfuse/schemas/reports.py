@@ -6,7 +6,9 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from clipfuse.schemas.safetext import scrub, scrub_value
 
 __all__ = ["IngestReport", "Rejection", "Stage"]
 
@@ -20,7 +22,12 @@ def _now() -> datetime:
 
 
 class Rejection(BaseModel):
-    """One document that was not indexed, and why."""
+    """One document that was not indexed, and why.
+
+    Its texts are made safe to write: a lone surrogate (``"\\ud800"`` in the JSON) in the id,
+    the reason or the kept document becomes U+FFFD, so a report is always valid UTF-8 JSON
+    and printing it never raises.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -28,10 +35,23 @@ class Rejection(BaseModel):
     code: str
     reason: str
     stage: Stage
+    #: index of the document in what was sent (the catalog's documents, blank lines not counted)
     position: int | None = None
+    #: line of the catalog file it came from (JSONL catalogs read by clipfuse.sources)
+    line: int | None = None
     at: datetime = Field(default_factory=_now)
     #: the document as received, for replay after a fix (None when it was too large to keep)
     document: dict[str, Any] | None = None
+
+    @field_validator("id", "code", "reason")
+    @classmethod
+    def _safe_text(cls, value: str | None) -> str | None:
+        return scrub(value) if value is not None else None
+
+    @field_validator("document")
+    @classmethod
+    def _safe_document(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return scrub_value(value) if value is not None else None
 
     @staticmethod
     def keepable(raw: Any) -> dict[str, Any] | None:
@@ -39,7 +59,7 @@ class Rejection(BaseModel):
             return None
         try:
             text = json.dumps(raw, default=str)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             return None
         return raw if len(text) <= MAX_KEPT_DOCUMENT_CHARS else None
 

@@ -268,6 +268,7 @@ class Service:
                 max_pixels=images.max_pixels,
                 fetch_timeout_s=images.fetch_timeout_s,
                 allow_private_urls=images.allow_private_urls,
+                allowed_networks=tuple(images.allowed_networks),
             ),
             base_dir=self.catalog_root,
             path_roots=(self.catalog_root,) if self.catalog_root is not None else None,

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clipfuse.errors import ClipfuseError
+from clipfuse.schemas.safetext import markup_safe
 from clipfuse.settings import Settings
 from clipfuse.sources import count_catalog, read_catalog
 
@@ -72,7 +73,7 @@ def _settings(index: str | None = None, queue: str | None = None, broker: str | 
 
 
 def _fail(error: Exception | str) -> None:
-    err.print(f"[bold red]error:[/] {error}")
+    err.print(f"[bold red]error:[/] {markup_safe(error)}")
     raise typer.Exit(2)
 
 
@@ -188,7 +189,7 @@ def worker(
         name=name,
         extra=list(ctx.args),
     )
-    err.print(f"[dim]{' '.join(argv[1:])}[/]")
+    err.print(f"[dim]{markup_safe(' '.join(argv[1:]))}[/]")
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
 
@@ -249,13 +250,14 @@ def enqueue(
     if result.refused:
         table = Table("line", "id", "code", "reason", title="refused (not sent)")
         for r in result.refused[:50]:
-            table.add_row(str((r.position or 0) + 1), str(r.id), r.code, r.reason)
+            line = r.line if r.line is not None else (r.position or 0) + 1
+            table.add_row(str(line), markup_safe(r.id), markup_safe(r.code), markup_safe(r.reason))
         console.print(table)
         if len(result.refused) > 50:
             console.print(f"... and {len(result.refused) - 50} more (use --report)")
     if report is not None:
-        report.write_text(result.model_dump_json(indent=2))
-        console.print(f"report written to {report}")
+        report.write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        console.print(f"report written to {markup_safe(report)}")
 
 
 # -- status ----------------------------------------------------------------------------------
@@ -340,7 +342,13 @@ def dead_letters_list(
     table = Table("id", "stage", "code", "reason", "at", title=f"dead letters of {settings.index}: {total}")
     for letter in letters:
         r = letter.rejection
-        table.add_row(letter.key, r.stage, r.code, r.reason, r.at.strftime("%Y-%m-%d %H:%M:%S"))
+        table.add_row(
+            markup_safe(letter.key),
+            r.stage,
+            markup_safe(r.code),
+            markup_safe(r.reason),
+            r.at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
     console.print(table)
     if total > offset + len(letters):
         console.print(f"... {total - offset - len(letters)} more (--offset {offset + len(letters)})")
@@ -376,13 +384,13 @@ def dead_letters_replay(
         _fail(e)
     console.print(f"[bold green]{len(result.replayed)}[/] re-enqueued to queue {settings.broker.queue}")
     for key, reason in result.still_invalid.items():
-        console.print(f"[red]still invalid[/] {key}: {reason}")
+        console.print(f"[red]still invalid[/] {markup_safe(key)}: {markup_safe(reason)}")
     for key in result.not_replayable:
         console.print(
-            f"[yellow]not replayable[/] {key}: the document was too large to keep; re-send it from the source"
+            f"[yellow]not replayable[/] {markup_safe(key)}: the document was too large to keep; re-send it from the source"
         )
     for key in result.missing:
-        console.print(f"[yellow]not found[/] {key}")
+        console.print(f"[yellow]not found[/] {markup_safe(key)}")
 
 
 @dead_letters_app.command("clear")

@@ -166,8 +166,10 @@ class Indexer:
         """
         total = IngestReport()
         pending: _Pending | None = None
+        offset = 0
         for chunk in batched(documents, self.batch_size):
-            following = self._begin(chunk)
+            following = self._begin(chunk, offset=offset)  # positions count from the first document
+            offset += len(chunk)
             if pending is not None:
                 total = self._finish_and_report(pending, total, on_batch)
             pending = following
@@ -214,8 +216,8 @@ class Indexer:
             )
         )
 
-    def _begin(self, raws: Sequence[Document | dict[str, Any]]) -> _Pending:
-        """Validate, then hand every image to the pool (returns at once)."""
+    def _begin(self, raws: Sequence[Document | dict[str, Any]], *, offset: int = 0) -> _Pending:
+        """Validate, then hand every image to the pool (returns at once); positions start at ``offset``."""
         started = time.perf_counter()
         self.ensure_schema()
         t = time.perf_counter()
@@ -223,7 +225,7 @@ class Indexer:
 
         # 1. validate, keep the last version of a repeated id
         items: list[_Item] = []
-        for position, raw in enumerate(raws):
+        for position, raw in enumerate(raws, start=offset):
             try:
                 items.append(_Item(position, raw, parse_document(raw)))
             except InvalidDocument as e:
@@ -432,6 +434,12 @@ class Indexer:
                 c2 = time.thread_time()
             except InvalidDocument as e:
                 return _Failed(InvalidDocument(f"{which}: {e.message}", code=e.code, doc_id=doc.id), "load")
+            except Exception as e:  # a loader bug must cost this document, not the run
+                log.exception("unexpected error loading %s", which)
+                return _Failed(
+                    InvalidDocument(f"{which}: could not be read: {type(e).__name__}: {e}", code="image_unreadable"),
+                    "load",
+                )
             try:
                 images.append(prepare(image))
             except Exception as e:  # a broken image must not hide behind a generic crash
