@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -61,7 +62,10 @@ def _settings(model: str | None = None, index: str | None = None, store: Path | 
         update["model"] = settings.model.model_copy(update={"name": model, "pretrained": pretrained})
     settings = settings.model_copy(update=update)
     if store:
-        settings = settings.with_store(store)
+        try:
+            settings = settings.with_store(store)
+        except ClipfuseError as e:
+            _fail(e)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     return settings
 
@@ -161,10 +165,19 @@ def index(
         ),
     ] = True,
 ) -> None:
-    """Index a catalog in-process into the store, with a progress bar and a report of rejections."""
+    """Index a catalog in-process into the store, with a progress bar and a report of rejections.
+
+    Into an existing index, the model it records is used unless --model (or CLIPFUSE_MODEL__NAME)
+    says otherwise; a different model is refused.
+    """
+    from clipfuse.factory import settings_for_existing_index
+
     extra = {"batch_size": batch_size} if batch_size else {}
     settings = _settings(model, index, store, **extra)
     try:
+        explicit = model is not None or "CLIPFUSE_MODEL__NAME" in os.environ
+        if path.exists():
+            settings = settings_for_existing_index(settings, explicit=explicit)
         result = run_index(settings, path, optimize=optimize)
     except ClipfuseError as e:
         _fail(e)

@@ -29,6 +29,7 @@ __all__ = [
     "build_searcher",
     "model_settings_for_index",
     "open_qdrant_client",
+    "settings_for_existing_index",
 ]
 
 
@@ -154,6 +155,26 @@ def model_settings_for_index(settings: Settings, recorded_model: str | None, *, 
         if pretrained == "random-init":
             pretrained = None
     return settings.model.model_copy(update={"name": name, "pretrained": pretrained})
+
+
+def settings_for_existing_index(settings: Settings, *, explicit: bool) -> Settings:
+    """``settings`` with the model the index records, when the index exists and no model was chosen.
+
+    What ``clipfuse index`` and ``clipfuse search`` do before loading a model: an existing index
+    was built with one model, and only that model's vectors can be added to it or searched in
+    it. With ``explicit`` (``--model`` or ``CLIPFUSE_MODEL__NAME``) the choice stands, and a
+    mismatch is refused later by the backend.
+    """
+    if explicit:
+        return settings
+    backend = build_backend(settings)
+    try:
+        info = backend.index_info()
+    finally:
+        backend.close()
+    if info is None or not info.model:
+        return settings
+    return settings.model_copy(update={"model": model_settings_for_index(settings, info.model, explicit=False)})
 
 
 def build_searcher(

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clipfuse.errors import ConfigurationError
 from clipfuse.schemas import limits as L
 
 __all__ = [
@@ -285,12 +286,19 @@ class Settings(BaseSettings):
         return None
 
     def with_store(self, store: Path) -> Settings:
-        """These settings with the embedded store at ``store``.
+        """These settings with the embedded store at ``store``, whichever embedded engine is in use.
 
         With ``backend=auto``, a folder that already holds a qdrant-client local store
         (``meta.json``) stays on that engine, so stores built before Edge became the
-        default keep working.
+        default keep working. An engine that is a server has no store folder: asking for
+        one is refused (:class:`ConfigurationError`) rather than silently ignored.
         """
+        if self.engine == "elasticsearch" or (self.engine == "qdrant" and self.qdrant.url):
+            where = "Elasticsearch" if self.engine == "elasticsearch" else f"the Qdrant server {self.qdrant.url}"
+            raise ConfigurationError(
+                f"--store {store} names an embedded store folder, but the engine in use is {where}; "
+                "drop --store, or unset the server's URL to use the embedded store"
+            )
         update: dict[str, object] = {
             "qdrant": self.qdrant.model_copy(update={"path": store}),
             "edge": self.edge.model_copy(update={"path": store}),

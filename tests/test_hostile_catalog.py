@@ -125,3 +125,18 @@ def test_reports_and_tables_survive_a_surrogate_in_a_rejection(tmp_path: Path, w
     data = json.loads(written.read_text(encoding="utf-8"))
     [rejection] = data["rejected"]
     assert rejection["document"]["title"] == "bad \ufffd" and rejection["line"] == 2
+
+
+def test_index_into_an_existing_index_uses_the_model_it_records(
+    tmp_path: Path, demo_catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CLIPFUSE_MODEL__NAME", raising=False)
+    store = tmp_path / "store"
+    first = runner.invoke(app, ["index", str(demo_catalog), "--model", "clipfuse-demo", "--store", str(store)])
+    assert first.exit_code == 0, first.output
+    catalog = tmp_path / "more.jsonl"
+    catalog.write_text('{"id": "extra-1", "title": "green wool scarf"}\n')
+    again = runner.invoke(app, ["index", str(catalog), "--store", str(store)])  # no --model: the recorded one
+    assert again.exit_code == 0, again.output
+    assert "1 indexed" in again.output
+    assert "extra-1" in stored_ids(store)

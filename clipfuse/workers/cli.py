@@ -20,7 +20,7 @@ from rich.table import Table
 from clipfuse.errors import ClipfuseError
 from clipfuse.schemas.safetext import markup_safe
 from clipfuse.settings import Settings
-from clipfuse.sources import count_catalog, read_catalog
+from clipfuse.sources import CatalogReader
 
 __all__ = ["app", "dead_letters_app", "register"]
 
@@ -123,6 +123,23 @@ def worker_command(
 
 
 # -- worker ----------------------------------------------------------------------------------
+def _store_env(store: Path | None, qdrant_url: str | None) -> dict[str, Any]:
+    """The environment that puts the worker's engine (Edge or qdrant-client local) at ``store``."""
+    if store is None:
+        return {}
+    base = Settings()
+    if qdrant_url:
+        base = base.model_copy(update={"qdrant": base.qdrant.model_copy(update={"url": qdrant_url})})
+    try:
+        chosen = base.with_store(store.resolve())
+    except ClipfuseError as e:
+        _fail(e)
+    out: dict[str, Any] = {"CLIPFUSE_EDGE__PATH": chosen.edge.path, "CLIPFUSE_QDRANT__PATH": chosen.qdrant.path}
+    if chosen.backend != base.backend:
+        out["CLIPFUSE_BACKEND"] = chosen.backend
+    return out
+
+
 def worker(
     ctx: typer.Context,
     queue: QueueOpt = None,
@@ -136,7 +153,11 @@ def worker(
         typer.Option(help="open_clip name, hf-hub:..., local-dir:..., clipfuse-demo [env CLIPFUSE_MODEL__NAME]"),
     ] = None,
     store: Annotated[
-        Optional[Path], typer.Option(help="embedded Qdrant store folder [env CLIPFUSE_QDRANT__PATH]")
+        Optional[Path],
+        typer.Option(
+            help="embedded store folder of the engine in use [env CLIPFUSE_EDGE__PATH, or CLIPFUSE_QDRANT__PATH "
+            "with CLIPFUSE_BACKEND=qdrant; default clipfuse-data/edge]"
+        ),
     ] = None,
     qdrant_url: Annotated[
         Optional[str], typer.Option("--qdrant-url", help="Qdrant server (production) [env CLIPFUSE_QDRANT__URL]")
@@ -172,12 +193,12 @@ def worker(
         _fail(f"--pool must be solo or threads, not {pool!r} (prefork strands a killed child's batch)")
     argv, env = worker_command(
         {
+            **_store_env(store, qdrant_url),
             "CLIPFUSE_INDEX": index,
             "CLIPFUSE_BROKER__QUEUE": queue,
             "CLIPFUSE_BROKER__URL": broker,
             "CLIPFUSE_MODEL__DEVICE": device,
             "CLIPFUSE_MODEL__NAME": model,
-            "CLIPFUSE_QDRANT__PATH": str(store) if store else None,
             "CLIPFUSE_QDRANT__URL": qdrant_url,
             "CLIPFUSE_WORKER__BATCH_MESSAGES": batch_messages,
             "CLIPFUSE_WORKER__FLUSH_INTERVAL_S": flush_interval,
@@ -218,7 +239,8 @@ def enqueue(
     settings = _settings(index, queue, broker)
     if not path.exists():
         _fail(f"{path} does not exist: give a JSONL catalog (one document per line) or a folder of images")
-    total = count_catalog(path)
+    catalog = CatalogReader(path)
+    total = catalog.count()
     base_dir = path if path.is_dir() else path.parent
     progress = Progress(
         TextColumn("{task.description}"),
@@ -229,19 +251,24 @@ def enqueue(
         console=err,
     )
     try:
-        with progress:
-            task = progress.add_task(f"enqueueing {path.name}", total=total)
+        with progress:  # every line is read and validated before the first message is sent
+            checked = progress.add_task(f"validating {path.name}", total=total)
+            sent = progress.add_task(f"sending {path.name}", total=total)
             result = send(
-                read_catalog(path),
+                catalog,
                 settings=settings,
                 chunk_size=chunk_size,
                 base_dir=base_dir,
-                on_progress=lambda n: progress.advance(task, n),
+                on_validate=lambda n: progress.advance(checked, n),
+                on_progress=lambda n: progress.advance(sent, n),
             )
+            progress.update(sent, total=result.accepted)
     except EnqueueError as e:
         _fail(e)
     except ClipfuseError as e:
         _fail(e)
+    for rejection in result.refused:
+        rejection.line = catalog.line_of(rejection.position)
     console.print(
         f"[bold green]{result.accepted}[/] documents sent in {result.messages} messages to queue "
         f"[bold]{settings.broker.queue}[/] on {_safe(settings.broker.url)}; "
@@ -318,27 +345,35 @@ def status(
 @dead_letters_app.command("list")
 def dead_letters_list(
     index: IndexOpt = None,
-    limit: Annotated[int, typer.Option(help="how many to show")] = 20,
+    limit: Annotated[Optional[int], typer.Option(help="show at most this many [default: all of them]")] = None,
     offset: Annotated[int, typer.Option(help="skip this many (newest first)")] = 0,
     as_json: Annotated[
         bool, typer.Option("--json", help="JSON lines: key, id, code, stage, reason, at, document")
     ] = False,
 ) -> None:
-    """List rejected documents, newest first, with the stage and the reason."""
+    """List rejected documents, newest first, with the stage and the reason: all of them unless --limit."""
     from clipfuse.workers.deadletters import DeadLetters
 
     settings = _settings(index)
     try:
         store = DeadLetters.from_settings(settings)
-        letters = store.list(limit=limit, offset=offset)
-        total = store.count()
-        store.close()
+        try:
+            total = store.count()
+            if as_json:  # streamed page by page: every dead letter of a large store, in bounded memory
+                shown = 0
+                for page in store.pages(offset=offset):
+                    for letter in page[: None if limit is None else max(0, limit - shown)]:
+                        record = {"key": letter.key, **letter.rejection.model_dump(mode="json")}
+                        sys.stdout.write(json.dumps(record) + "\n")
+                        shown += 1
+                    if limit is not None and shown >= limit:
+                        break
+                return
+            letters = store.list(limit=limit, offset=offset)
+        finally:
+            store.close()
     except Exception as e:
         _fail(f"cannot read the dead-letter store: {e}")
-    if as_json:
-        for letter in letters:
-            sys.stdout.write(json.dumps({"key": letter.key, **letter.rejection.model_dump(mode="json")}) + "\n")
-        return
     table = Table("id", "stage", "code", "reason", "at", title=f"dead letters of {settings.index}: {total}")
     for letter in letters:
         r = letter.rejection

@@ -30,7 +30,7 @@ from __future__ import annotations
 import builtins
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -285,9 +285,24 @@ class DeadLetters:
         report.replayed = [letter.key for letter in accepted]
         return report
 
+    def pages(
+        self, *, offset: int = 0, page_size: int = 1_000, newest_first: bool = True
+    ) -> Iterator[builtins.list[DeadLetter]]:
+        """Every dead letter from ``offset`` on, ``page_size`` at a time (bounded memory for large stores)."""
+        start = offset
+        read = self.client.zrevrange if newest_first else self.client.zrange
+        while True:
+            keys = read(self.order_key, start, start + page_size - 1)
+            if not keys:
+                return
+            yield self._load([k.decode() if isinstance(k, bytes) else str(k) for k in keys])
+            start += len(keys)
+
     # defined last: inside the class body, `list` means this method from here on
-    def list(self, limit: int = 50, offset: int = 0, *, newest_first: bool = True) -> builtins.list[DeadLetter]:
-        """A page of dead letters, newest first by default."""
+    def list(self, limit: int | None = 50, offset: int = 0, *, newest_first: bool = True) -> builtins.list[DeadLetter]:
+        """A page of dead letters, newest first by default; ``limit=None``: every one from ``offset`` on."""
+        if limit is None:
+            return [letter for page in self.pages(offset=offset, newest_first=newest_first) for letter in page]
         if limit <= 0:
             return []
         end = offset + limit - 1

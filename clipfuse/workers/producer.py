@@ -29,11 +29,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -142,16 +143,24 @@ def enqueue(
     chunk_size: int | None = None,
     base_dir: str | Path | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_validate: Callable[[int], None] | None = None,
 ) -> EnqueueReport:
     """Validate documents and send them to the workers' queue, many per message.
+
+    Two passes: every document is read and validated first (accepted ones are spooled,
+    in memory up to 64 MB, then in a temporary file), and only then sent, so nothing
+    in the input (a line a reader cannot parse, a document that fails validation, an
+    iterable that raises) can leave it half-enqueued.
 
     Items that are :class:`~clipfuse.errors.InvalidDocument` instances (a reader's
     error for one item, e.g. a line that is not JSON) are reported as refused.
     ``chunk_size``: documents per message (default ``CLIPFUSE_BROKER__DOCUMENTS_PER_MESSAGE``,
     at most ``MAX_DOCUMENTS_PER_MESSAGE``). ``base_dir``: folder that relative image
-    paths are relative to (they are sent as absolute paths). ``on_progress(n)`` is
-    called as documents are sent or refused. Raises :class:`EnqueueError` when the
-    broker cannot be reached (its ``report`` says what was sent before).
+    paths are relative to (they are sent as absolute paths). ``on_validate(n)`` is
+    called as documents are validated (accepted or refused), ``on_progress(n)`` as
+    they are sent (and, without ``on_validate``, as they are validated too). Raises
+    :class:`EnqueueError` when the broker cannot be reached (its ``report`` says what
+    was sent before).
     """
     from clipfuse.workers.app import INGEST_TASK
 
@@ -163,6 +172,89 @@ def enqueue(
     folder = Path(base_dir).expanduser().resolve() if base_dir is not None else None
     report = EnqueueReport()
     started = time.perf_counter()
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY_BYTES) as spool:
+        try:
+            # 1. read and validate everything first: nothing is sent until the whole input was read,
+            #    so an input that cannot be read to the end leaves nothing half-enqueued
+            accepted = _validate_into(
+                spool, documents, folder, budget, report, on_validate, None if on_validate else on_progress
+            )
+            spool.seek(0)
+            # 2. send the accepted documents, many per message
+            _send_spooled(app, settings, INGEST_TASK, spool, accepted, size, budget, report, started, on_progress)
+        finally:
+            report.seconds = time.perf_counter() - started
+            if report.accepted or report.refused:
+                _count(settings, enqueued=report.accepted, refused=len(report.refused))
+    return report
+
+
+#: accepted documents are spooled in memory up to this size, then to a temporary file
+_SPOOL_IN_MEMORY_BYTES = 64 * 1024 * 1024
+
+
+def _validate_into(
+    spool: IO[bytes],
+    documents: Iterable[Document | dict[str, Any] | InvalidDocument],
+    folder: Path | None,
+    budget: int,
+    report: EnqueueReport,
+    on_validate: Callable[[int], None] | None,
+    on_refused: Callable[[int], None] | None,
+) -> int:
+    """Validate every document; write each accepted one's message body to ``spool`` (one JSON line each)."""
+    accepted = 0
+    for position, raw in enumerate(documents):
+        try:
+            doc = parse_document(raw)  # raises a reader's own InvalidDocument (a bad JSON line) too
+            body = _message_body(doc, folder)
+            encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            if len(encoded) > budget:
+                vectors = _json_size(body["vectors"]) if "vectors" in body else 0
+                raise InvalidDocument(
+                    f"document is {len(encoded):,} bytes of JSON"
+                    + (f" ({vectors:,} of them precomputed vectors)" if vectors else "")
+                    + f", over CLIPFUSE_BROKER__MAX_MESSAGE_BYTES={budget:,}; send its images by "
+                    "path or URL instead of inline data",
+                    doc_id=doc.id,
+                    code="message_too_large",
+                )
+        except InvalidDocument as e:
+            report.refused.append(
+                Rejection(
+                    id=e.doc_id,
+                    code=e.code,
+                    reason=e.message,
+                    stage="validate",
+                    position=position,
+                    document=Rejection.keepable(raw.model_dump(mode="json") if isinstance(raw, Document) else raw),
+                )
+            )
+            for callback in (on_validate, on_refused):
+                if callback:
+                    callback(1)
+            continue
+        spool.write(encoded + b"\n")
+        accepted += 1
+        if on_validate:
+            on_validate(1)
+    return accepted
+
+
+def _send_spooled(
+    app: Celery,
+    settings: Settings,
+    task: str,
+    spool: IO[bytes],
+    accepted: int,
+    size: int,
+    budget: int,
+    report: EnqueueReport,
+    started: float,
+    on_progress: Callable[[int], None] | None,
+) -> None:
+    if not accepted:
+        return
     pending: list[dict[str, Any]] = []
     pending_bytes = 0
 
@@ -172,7 +264,7 @@ def enqueue(
             return
         try:
             app.send_task(
-                INGEST_TASK,
+                task,
                 kwargs={"op": "upsert", "documents": pending, "attempt": 0},
                 queue=settings.broker.queue,
                 producer=producer,
@@ -191,49 +283,14 @@ def enqueue(
             on_progress(len(pending))
         pending, pending_bytes = [], 0
 
-    try:
-        with app.producer_or_acquire() as producer:
-            for position, raw in enumerate(documents):
-                try:
-                    doc = parse_document(raw)  # raises a reader's own InvalidDocument (a bad JSON line) too
-                    body = _message_body(doc, folder)
-                    nbytes = _json_size(body)
-                    if nbytes > budget:
-                        vectors = _json_size(body["vectors"]) if "vectors" in body else 0
-                        raise InvalidDocument(
-                            f"document is {nbytes:,} bytes of JSON"
-                            + (f" ({vectors:,} of them precomputed vectors)" if vectors else "")
-                            + f", over CLIPFUSE_BROKER__MAX_MESSAGE_BYTES={budget:,}; send its images by "
-                            "path or URL instead of inline data",
-                            doc_id=doc.id,
-                            code="message_too_large",
-                        )
-                except InvalidDocument as e:
-                    report.refused.append(
-                        Rejection(
-                            id=e.doc_id,
-                            code=e.code,
-                            reason=e.message,
-                            stage="validate",
-                            position=position,
-                            document=Rejection.keepable(
-                                raw.model_dump(mode="json") if isinstance(raw, Document) else raw
-                            ),
-                        )
-                    )
-                    if on_progress:
-                        on_progress(1)
-                    continue
-                if pending and (len(pending) >= size or pending_bytes + nbytes > budget):
-                    send(producer)
-                pending.append(body)
-                pending_bytes += nbytes
-            send(producer)
-    finally:
-        report.seconds = time.perf_counter() - started
-        if report.accepted or report.refused:
-            _count(settings, enqueued=report.accepted, refused=len(report.refused))
-    return report
+    with app.producer_or_acquire() as producer:
+        for line in spool:
+            nbytes = len(line) - 1
+            if pending and (len(pending) >= size or pending_bytes + nbytes > budget):
+                send(producer)
+            pending.append(json.loads(line))
+            pending_bytes += nbytes
+        send(producer)
 
 
 def enqueue_delete(
