@@ -26,6 +26,7 @@ __all__ = [
     "build_edge_backend",
     "build_image_loader",
     "build_indexer",
+    "build_query_embedder",
     "build_searcher",
     "model_settings_for_index",
     "open_qdrant_client",
@@ -126,6 +127,55 @@ def build_embedder(settings: ModelSettings) -> Embedder:
     return _build(settings)
 
 
+def resolve_text_encoder(settings: ModelSettings) -> str:
+    """``torch``, ``onnx`` or ``onnx-int8`` for ``settings.text_encoder`` (``auto``: onnx when
+    onnxruntime is installed and the model runs on the CPU)."""
+    choice = settings.text_encoder
+    if choice != "auto":
+        return choice
+    if settings.device not in ("cpu", "auto"):
+        return "torch"
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return "torch"
+    if settings.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch"
+    return "onnx"
+
+
+def build_query_embedder(settings: ModelSettings) -> Embedder:
+    """The embedder of the query side (``clipfuse serve``, ``search``): the text tower on the
+    chosen encoder, behind an LRU cache of query embeddings (``CLIPFUSE_MODEL__QUERY_CACHE_SIZE``)."""
+    from clipfuse.embedding.cache import CachedQueryEmbedder
+
+    embedder = build_embedder(settings)
+    encoder = resolve_text_encoder(settings)
+    if encoder != "torch":
+        from clipfuse.embedding.onnx_text import OnnxTextEmbedder
+        from clipfuse.embedding.openclip import OpenClipEmbedder
+
+        if not isinstance(embedder, OpenClipEmbedder):
+            raise ConfigurationError(f"text_encoder={encoder} needs an OpenCLIP model")
+        cache = Path(settings.cache_dir) / "onnx" if settings.cache_dir else _user_cache() / "onnx"
+        embedder = OnnxTextEmbedder(
+            embedder, quantization="int8" if encoder == "onnx-int8" else "fp32", cache_dir=cache
+        )
+    if settings.query_cache_size == 0:
+        return embedder
+    return CachedQueryEmbedder(embedder, size=settings.query_cache_size)
+
+
+def _user_cache() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "clipfuse"
+
+
 def build_indexer(
     settings: Settings,
     *,
@@ -184,6 +234,6 @@ def build_searcher(
 
     return HybridSearcher(
         backend or build_backend(settings),
-        embedder=embedder or build_embedder(settings.model),
+        embedder=embedder or build_query_embedder(settings.model),
         image_loader=build_image_loader(settings.images),
     )

@@ -30,7 +30,7 @@ from torchvision.transforms import Normalize, ToTensor
 from clipfuse.embedding import l2_normalize
 from clipfuse.errors import ConfigurationError, EmbeddingError
 
-__all__ = ["OpenClipEmbedder", "Prepared", "resolve_model_name"]
+__all__ = ["OpenClipEmbedder", "Prepared", "model_fingerprint", "resolve_model_name"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class OpenClipEmbedder:
         self._mean: torch.Tensor | None = None
         self._std: torch.Tensor | None = None
         self._trim_text = False
+        self._fingerprint: str | None = None
         self.load_seconds: float | None = None
 
     # -- loading -------------------------------------------------------------------
@@ -113,6 +114,17 @@ class OpenClipEmbedder:
         if resolved.startswith(("local-dir:", "hf-hub:")):
             return self.name
         return f"{self.name}/{self.pretrained or 'random-init'}"
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the loaded weights: what identifies this model's vectors
+        (``model_id`` names it; random-init models of one name differ here)."""
+        self.load()
+        if self._fingerprint is None:
+            with self._lock:
+                if self._fingerprint is None:
+                    self._fingerprint = model_fingerprint(self._model)
+        return self._fingerprint
 
     @property
     def loaded(self) -> bool:
@@ -327,6 +339,18 @@ class OpenClipEmbedder:
             rows = order[start : start + self.batch_size]
             out[rows] = self.embed_tokens(tokens[torch.from_numpy(rows)])
         return out
+
+
+def model_fingerprint(model: Any) -> str:
+    """sha256 (16 hex digits) of a torch model's parameters and buffers, in order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _can_trim_text(model: Any) -> bool:

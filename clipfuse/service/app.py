@@ -235,7 +235,7 @@ class Service:
             if getattr(self.backend, "is_local", False):
                 self._engine_lock = threading.RLock()  # the embedded store is not made for concurrent threads
             if self.searcher is None:
-                from clipfuse.factory import build_embedder, model_settings_for_index
+                from clipfuse.factory import build_query_embedder, model_settings_for_index
 
                 try:
                     info = self.backend.index_info()
@@ -244,7 +244,7 @@ class Service:
                     info = None
                 explicit = "name" in self.settings.model.model_fields_set
                 model = model_settings_for_index(self.settings, info.model if info else None, explicit=explicit)
-                embedder = build_embedder(model)
+                embedder = build_query_embedder(model)  # text tower per CLIPFUSE_MODEL__TEXT_ENCODER, LRU cache
                 load = getattr(embedder, "load", None)
                 if callable(load):
                     load()
