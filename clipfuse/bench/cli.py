@@ -56,6 +56,13 @@ def bench(
         int, typer.Option(min=0, help="documents in the query-latency store (synthetic dense vectors; 0: skip)")
     ] = 10_000,
     queries: Annotated[int, typer.Option(min=0, help="timed text hybrid queries")] = 100,
+    query_encoders: Annotated[
+        str,
+        typer.Option(help="text paths timed side by side in the query phase: torch, torch-1t, onnx, onnx-int8"),
+    ] = "torch,torch-1t,onnx,onnx-int8",
+    busy_core: Annotated[
+        bool, typer.Option(help="also time the queries while a spinning process loads one core")
+    ] = True,
     repeats: Annotated[int, typer.Option(min=1, help="turns of each phase, in alternation; the best counts")] = 2,
     seed: Annotated[int, typer.Option(help="seed of the generated photos and texts")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON on stdout")] = False,
@@ -84,6 +91,8 @@ def bench(
         texts=texts,
         query_docs=query_docs,
         queries=queries,
+        query_encoders=tuple(e.strip() for e in query_encoders.split(",") if e.strip()),
+        query_busy_core=busy_core,
         repeats=repeats,
         seed=seed,
     )
@@ -198,12 +207,43 @@ def print_result(result: dict[str, Any]) -> None:
     console.print(stage_table)
     query = result["query"]
     if query:
-        console.print(
-            f"text hybrid query, {query['documents']:,} documents (synthetic dense vectors, real BM25), encode + "
-            f"retrieve + fuse: p50 {query['p50_ms']:.2f} ms, p95 {query['p95_ms']:.2f} ms "
-            f"(text encode alone: p50 {query['encode_p50_ms']:.2f} ms, p95 {query['encode_p95_ms']:.2f} ms)"
-        )
+        print_query(query)
     console.print(f"{result['seconds']} s in all")
+
+
+def print_query(query: dict[str, Any]) -> None:
+    engine = query["engine"]
+    console.print(
+        f"text hybrid query, {query['documents']:,} documents (random dense vectors, real BM25), "
+        f"{query['queries']} distinct queries, k=10; load average {query['load_average']}"
+    )
+    table = Table(title="whole HybridSearcher.search, ms (encode + BM25 + engine + fusion + hits)")
+    for column in ("path", "p50", "p95", "encode p50", "encode p95", "busy core p50", "busy core p95", "cos to torch"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    busy = query.get("busy_core") or {}
+    for name, row in query["encoders"].items():
+        other = busy.get(name, {})
+        table.add_row(
+            name + (" (default)" if name == query["default_encoder"] else ""),
+            _fmt(row["p50_ms"], 2),
+            _fmt(row["p95_ms"], 2),
+            _fmt(row["encode_p50_ms"], 2),
+            _fmt(row["encode_p95_ms"], 2),
+            _fmt(other.get("p50_ms"), 2),
+            _fmt(other.get("p95_ms"), 2),
+            _fmt(query["cosine_to_torch_min"].get(name), 6),
+        )
+    hit = query["cache_hit"]
+    table.add_row("cache hit", _fmt(hit["p50_ms"], 2), _fmt(hit["p95_ms"], 2), _fmt(hit["encode_p50_ms"], 3),
+                  _fmt(hit["encode_p95_ms"], 3), "", "", "1")  # fmt: skip
+    with_vector, alone = engine["search_with_vector"], engine["backend_search"]
+    table.add_row("vector given", _fmt(with_vector["p50_ms"], 2), _fmt(with_vector["p95_ms"], 2), "-", "-", "", "", "")
+    table.add_row("engine alone", _fmt(alone["p50_ms"], 2), _fmt(alone["p95_ms"], 2), "-", "-", "", "", "")
+    console.print(table)
+    for name, why in query.get("skipped_encoders", {}).items():
+        console.print(f"[yellow]{name}: {why}[/]")
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in query["breakdown_ms_p50"].items())
+    console.print(f"breakdown, p50 ms ({query['default_encoder']}): {parts}")
 
 
 def register(main: typer.Typer) -> None:

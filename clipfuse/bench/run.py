@@ -74,6 +74,10 @@ class BenchConfig:
     queries: int = 100
     repeats: int = 2
     seed: int = 5
+    #: text paths the query phase times side by side (clipfuse.bench.query.ENCODERS)
+    query_encoders: tuple[str, ...] = ("torch", "torch-1t", "onnx", "onnx-int8")
+    #: also time the queries while a spinning process loads one core
+    query_busy_core: bool = True
 
 
 _WORDS = {
@@ -322,72 +326,29 @@ class _Bench:
         self._baseline_model = model.eval()
         self._baseline_preprocess = preprocess
 
-    def query_latency(self, store: Path, texts: list[dict[str, str]]) -> dict[str, float]:
-        from clipfuse.embedding import l2_normalize
-        from clipfuse.plugin.bm25 import Bm25Encoder
+    def query_latency(self, store: Path, texts: list[dict[str, str]]) -> dict[str, Any]:
+        from clipfuse.bench.query import build_store, query_latency
         from clipfuse.plugin.edge import EdgeBackend
-        from clipfuse.plugin.protocol import IndexedDocument
-        from clipfuse.plugin.searcher import HybridSearcher
-        from clipfuse.schemas import SearchRequest
 
-        n, dim = self.config.query_docs, self.embedder.dim
-        rng = np.random.default_rng(self.config.seed)
-        bm25 = Bm25Encoder()
-        backend = EdgeBackend(store, f"query{time.monotonic_ns()}")
+        backend = EdgeBackend(store / "edge", f"query{time.monotonic_ns()}")
         try:
-            backend.ensure_schema(dim=dim, model=self.embedder.model_id)
-            backend.register_fields({"price": "number"})
-            started = time.perf_counter()
-            for start in range(0, n, 1000):
-                count = min(1000, n - start)
-                image = l2_normalize(rng.standard_normal((count, dim), dtype=np.float32))
-                text = l2_normalize(rng.standard_normal((count, dim), dtype=np.float32))
-                chunk = [texts[(start + i) % len(texts)] for i in range(count)]
-                joined = [f"{t['title']}\n{t['caption']}\n{t['description']}" for t in chunk]
-                sparse = bm25.encode_documents(joined)
-                backend.upsert(
-                    [
-                        IndexedDocument(
-                            id=f"q{start + i}",
-                            payload={"title": chunk[i]["title"], "price": float(start + i)},
-                            image_vector=image[i],
-                            text_vector=text[i],
-                            sparse=sparse[i],
-                            text=joined[i],
-                        )
-                        for i in range(count)
-                    ]
-                )
-                self.progress("query store", start + count, n)
-            backend.optimize()
-            build = time.perf_counter() - started
-            searcher = HybridSearcher(backend, embedder=self.embedder, bm25=bm25)
-            queries = [
-                f"{rng.choice(_WORDS['color'])} {rng.choice(_WORDS['pattern'])} {rng.choice(_WORDS['category'])}"
-                for _ in range(self.config.queries)
-            ]
-            for q in queries[:5]:  # warm-up: tokenizer, model, the store's id map
-                searcher.search(SearchRequest(text=q, k=10))
-            total, encode = [], []
-            for i, q in enumerate(queries):
-                t0 = time.perf_counter()
-                self.embedder.embed_texts([q])
-                t1 = time.perf_counter()
-                response = searcher.search(SearchRequest(text=q, k=10))
-                t2 = time.perf_counter()
-                if not response.hits:
-                    raise RuntimeError(f"query {q!r} found nothing in {n} documents")
-                encode.append((t1 - t0) * 1000)
-                total.append((t2 - t1) * 1000)
-                self.progress("queries", i + 1, len(queries))
-            return {
-                "documents": n,
-                "store_build_s": round(build, 2),
-                "p50_ms": round(_percentile(total, 50), 3),
-                "p95_ms": round(_percentile(total, 95), 3),
-                "encode_p50_ms": round(_percentile(encode, 50), 3),
-                "encode_p95_ms": round(_percentile(encode, 95), 3),
-            }
+            build = build_store(
+                backend, self.embedder.dim, self.config.query_docs, texts, self.config.seed, self.progress
+            )
+            backend.warm_ids()
+            result = query_latency(
+                self.embedder,
+                backend,
+                texts,
+                _WORDS,
+                queries=self.config.queries,
+                seed=self.config.seed,
+                encoders=self.config.query_encoders,
+                busy_core=self.config.query_busy_core,
+                cache_dir=store / "onnx",
+                progress=self.progress,
+            )
+            return result | {"documents": self.config.query_docs, "store_build_s": round(build, 2)}
         finally:
             backend.close()
 
