@@ -61,6 +61,7 @@ def test_figures_are_there_and_positive(result: dict[str, Any]) -> None:
         "model_only_texts_per_s",
         "model_only_documents_per_s",
         "pipeline_images_per_s",
+        "device_pipeline_images_per_s",
         "baseline_images_per_s",
         "ingest_documents_per_s",
         "embed_texts_per_s",
@@ -116,6 +117,24 @@ def test_query_latency(result: dict[str, Any]) -> None:
     assert query["documents"] == 300
     assert 0 < query["p50_ms"] <= query["p95_ms"]
     assert 0 < query["encode_p50_ms"] <= query["encode_p95_ms"]
+    # every text path side by side, with and without a busy core; the default is the service's
+    assert set(query["encoders"]) == set(query["busy_core"]) == {"torch", "torch-1t", "onnx", "onnx-int8"}
+    assert query["default_encoder"] == "onnx" and query["p50_ms"] == query["encoders"]["onnx"]["p50_ms"]
+    for row in [*query["encoders"].values(), *query["busy_core"].values(), query["cache_hit"]]:
+        assert 0 < row["p50_ms"] <= row["p95_ms"]
+    assert query["cosine_to_torch_min"]["onnx"] >= 0.99999 and query["cosine_to_torch_min"]["onnx-int8"] >= 0.99
+    assert query["cache_hit"]["hits"] >= query["queries"] and query["cache_hit"]["encode_p50_ms"] < 1
+    engine = query["engine"]["search_with_vector"]
+    assert 0 < engine["p50_ms"] <= engine["p95_ms"]
+    assert all(v >= 0 for v in query["breakdown_ms_p50"].values()) and query["breakdown_ms_p50"]["text_tower"] > 0
+    assert all(isinstance(x, float) for x in query["load_average"]["busy_core"])
+
+
+def test_device_decode_pipeline(result: dict[str, Any]) -> None:
+    assert result["device_pipeline"]["decoded_on_device_share"] == 1.0  # the bench's photos are baseline JPEGs
+    ratio = result["ratios"]["device_pipeline_vs_baseline"]
+    thr = result["throughput"]
+    assert ratio == pytest.approx(thr["device_pipeline_images_per_s"] / thr["baseline_images_per_s"], rel=1e-2)
 
 
 def test_human_output_has_the_tables() -> None:

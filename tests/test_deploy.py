@@ -169,10 +169,25 @@ def test_service_extra_has_the_service_dependencies() -> None:
     assert {"fastapi", "uvicorn", "python-multipart", "prometheus-client"} <= names
 
 
+def test_images_install_their_role() -> None:
+    """The worker image installs the workers role (Celery, the model); the service image the query
+    role (the model, ONNX Runtime, no broker client: it only searches)."""
+    worker = re.findall(r"/src\[([a-z,-]+)\]", (DEPLOY / "Dockerfile.worker").read_text())
+    service = re.findall(r"/src\[([a-z,-]+)\]", (DEPLOY / "Dockerfile.service").read_text())
+    assert worker and "workers" in worker[0].split(",")
+    assert service == ["service"]
+    extras = _extras()
+    names = {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower() for r in extras["service"]}
+    assert not names & {"celery", "kombu", "redis", "celery-batches"}
+    assert "clipfuse[model,onnx]" in extras["service"]
+    core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not any(r.startswith(("torch", "celery", "kombu", "open_clip")) for r in core)
+
+
 def test_dockerfiles_install_extras_that_exist() -> None:
     extras = set(_extras())
     for name in ("Dockerfile.worker", "Dockerfile.service"):
-        for wanted in re.findall(r"/src\[([a-z,]+)\]", (DEPLOY / name).read_text()):
+        for wanted in re.findall(r"/src\[([a-z,-]+)\]", (DEPLOY / name).read_text()):
             assert set(wanted.split(",")) <= extras, f"{name} installs extras {wanted} but pyproject has {extras}"
 
 

@@ -14,7 +14,8 @@ vectors of generated product texts, HNSW built), side by side in one process:
   while a worker or a second request runs);
 - **cache hit**: the whole search when the query embedding is in the LRU cache;
 - **breakdown** for the service's default encoder: tokenizer, text tower, BM25, the rest of
-  building the query, engine, hits + payloads, JSON serialisation of the response.
+  building the query, the engine (Edge fuses and returns the page's payloads in the same call),
+  the whole search given the vector, JSON serialisation of the response.
 
 Every figure carries the load average read when it was taken (the machine is shared).
 """
@@ -299,7 +300,6 @@ def query_latency(
         tower.append((t2 - t1) * 1000)
         bm25_ms.append((t3 - t2) * 1000)
         build.append((t4 - t3) * 1000)
-    hits_ms = [max(0.0, s - e - b) for s, e, b in zip(search_dense, engine, build_dense, strict=True)]
     return {
         "documents": None,  # filled by the caller
         "queries": len(timed),
@@ -333,7 +333,6 @@ def query_latency(
             "build_query_given_vector": _pct(build_dense, 50),
             "backend_search": _pct(engine, 50),
             "search_with_vector": _pct(search_dense, 50),
-            "hits_and_fusion_after_engine": _pct(hits_ms, 50),
             "json_response": _pct(json_ms, 50),
         },
     }

@@ -74,6 +74,8 @@ class BenchConfig:
     queries: int = 100
     repeats: int = 2
     seed: int = 5
+    #: also run the device-decode pipeline (JPEG bytes decoded on the model's device, issue 16)
+    device_decode: bool = True
     #: text paths the query phase times side by side (clipfuse.bench.query.ENCODERS)
     query_encoders: tuple[str, ...] = ("torch", "torch-1t", "onnx", "onnx-int8")
     #: also time the queries while a spinning process loads one core
@@ -270,6 +272,37 @@ class _Bench:
             raise RuntimeError(f"pipeline produced {backend.vectors} vectors for {len(files)} images")
         return rate, stages
 
+    def device_pipeline(self, files: list[Path]) -> tuple[_Rate, dict[str, float]]:
+        """JPEG files -> vectors with the decode on the device (nvjpeg on CUDA, libjpeg via torchvision
+        on the CPU) and one batched resize per image size, batch n+1 prepared while n runs the forward."""
+        from clipfuse.embedding.gpu_decode import DeviceJpegEmbedder
+
+        decoder = DeviceJpegEmbedder(self.embedder)
+        b = self.config.batch_size
+        read = 0.0
+
+        def chunks() -> Iterator[list[bytes]]:
+            nonlocal read
+            for start in range(0, len(files), b):
+                t0 = time.perf_counter()
+                chunk = [p.read_bytes() for p in files[start : start + b]]
+                read += time.perf_counter() - t0
+                yield chunk
+
+        done, on_device = 0, 0
+        clock = _Clock()
+        for batch in decoder.embed_batches(chunks()):
+            if batch.failed:
+                raise RuntimeError(
+                    f"device pipeline: {len(batch.failed)} images failed: {list(batch.failed.values())[:3]}"
+                )
+            done += len(batch.rows)
+            on_device += batch.on_device
+            self.progress("device decode", done, len(files))
+        _sync(self.device)
+        rate = clock.rate(len(files))
+        return rate, {"read": round(read, 4), "decoded_on_device_share": round(on_device / max(1, done), 4)}
+
     def ingest(self, files: list[Path], texts: list[dict[str, str]], store: Path) -> tuple[_Rate, dict[str, float]]:
         from clipfuse.plugin.edge import EdgeBackend
 
@@ -420,11 +453,13 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> dict[str
         if config.baseline:
             bench.load_baseline_model()
 
-        model_img, model_txt, pipe, ingest, base = _Best(), _Best(), _Best(), _Best(), _Best()
+        model_img, model_txt, pipe, ingest, base, dev = _Best(), _Best(), _Best(), _Best(), _Best(), _Best()
         for _ in range(max(1, config.repeats)):
             model_img.add(bench.model_only_images(pixels))
             model_txt.add(bench.model_only_texts(tokens))
             pipe.add(*bench.pipeline(files))
+            if config.device_decode:
+                dev.add(*bench.device_pipeline(files))
             if config.baseline:
                 base.add(bench.baseline(files))
             if config.ingest:
@@ -474,6 +509,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> dict[str
             "model_only_texts_per_s": round(model_txt.rate, 3),
             "model_only_documents_per_s": round(per_doc_model, 3),
             "pipeline_images_per_s": round(pipe.rate, 3),
+            "device_pipeline_images_per_s": round(dev.rate, 3) if config.device_decode else None,
             "baseline_images_per_s": round(base.rate, 3) if config.baseline else None,
             "ingest_documents_per_s": round(ingest.rate, 3) if config.ingest else None,
             "embed_texts_per_s": round(text_rate, 3),
@@ -483,30 +519,40 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> dict[str
             "model_only_images": round(model_img.cpu_rate, 3),
             "model_only_documents": round(per_doc_model_cpu, 3),
             "pipeline_images": round(pipe.cpu_rate, 3),
+            "device_pipeline_images": round(dev.cpu_rate, 3) if config.device_decode else None,
             "baseline_images": round(base.cpu_rate, 3) if config.baseline else None,
             "ingest_documents": round(ingest.cpu_rate, 3) if config.ingest else None,
         },
         "cpu_ratios": {
             "pipeline_vs_model_only": round(pipe.cpu_rate / model_img.cpu_rate, 4),
             "pipeline_vs_baseline": round(pipe.cpu_rate / base.cpu_rate, 4) if config.baseline else None,
+            "device_pipeline_vs_baseline": (
+                round(dev.cpu_rate / base.cpu_rate, 4) if config.baseline and config.device_decode else None
+            ),
             "ingest_vs_model_only_documents": round(ingest.cpu_rate / per_doc_model_cpu, 4) if config.ingest else None,
         },
         "turns": {
             "model_only_images": model_img.turns,
             "model_only_texts": model_txt.turns,
             "pipeline": pipe.turns,
+            "device_pipeline": dev.turns,
             "baseline": base.turns,
             "ingest": ingest.turns,
         },
         "ratios": {
             "pipeline_vs_model_only": round(pipe.rate / model_img.rate, 4),
             "pipeline_vs_baseline": round(pipe.rate / base.rate, 4) if config.baseline else None,
+            "device_pipeline_vs_model_only": round(dev.rate / model_img.rate, 4) if config.device_decode else None,
+            "device_pipeline_vs_baseline": (
+                round(dev.rate / base.rate, 4) if config.baseline and config.device_decode else None
+            ),
             "ingest_vs_model_only_documents": round(ingest.rate / per_doc_model, 4) if config.ingest else None,
         },
         "stages_ms_per_image": {
             "pipeline": _stage_breakdown(pipe.stages, n),
             "ingest": _stage_breakdown(ingest.stages, n) if config.ingest else None,
         },
+        "device_pipeline": dev.stages if config.device_decode else None,
         "query": query,
         "seconds": None,
     }

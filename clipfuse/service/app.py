@@ -196,6 +196,14 @@ def check_broker(url: str, timeout_s: float) -> None:
         raise ConfigurationError(f"cannot check broker scheme {scheme!r}: use redis:// or amqp://")
 
 
+def _broker_client_installed(url: str) -> bool:
+    """Whether the client library of the broker at ``url`` is installed (``clipfuse[workers]``)."""
+    import importlib.util
+
+    scheme = urlsplit(url).scheme.lower()
+    return importlib.util.find_spec("redis" if scheme.startswith("redis") else "kombu") is not None
+
+
 # -- the service state --------------------------------------------------------------------
 class Service:
     """What the app holds: settings, the searcher (model loaded once), caches, metrics."""
@@ -427,8 +435,8 @@ class Service:
 
         checks["backend"] = self._timed(engine)
         with_broker = self.settings.service.check_broker
-        if with_broker is None:
-            with_broker = not getattr(backend, "is_local", False)
+        if with_broker is None:  # a query-only install (clipfuse[service]) has no broker client: nothing to check
+            with_broker = not getattr(backend, "is_local", False) and _broker_client_installed(self.settings.broker.url)
         if with_broker:
             url = self.settings.broker.url
 
