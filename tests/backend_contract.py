@@ -16,6 +16,8 @@ from clipfuse.errors import ConfigurationError, InvalidQuery
 from clipfuse.plugin import Bm25Encoder, HybridSearcher, IndexedDocument
 from clipfuse.plugin.protocol import Backend
 from clipfuse.schemas import FilterCondition, SearchRequest, Weights
+from clipfuse.schemas.rules import parse_rules
+from clipfuse.schemas.search import Total
 
 DIM = 8
 _BM25 = Bm25Encoder()
@@ -32,37 +34,74 @@ CATALOG: list[dict[str, Any]] = [
         "id": "boot-red",
         "v": unit(1, 0.1),
         "t": "red leather ankle boots",
-        "a": {"category": "shoes", "color": "red", "price": 110.0, "in_stock": True},
+        "a": {
+            "category": "shoes",
+            "color": "red",
+            "price": 110.0,
+            "in_stock": True,
+            "group_id": "boot-1",
+            "popularity": 10.0,
+            "created_at": "2025-01-10",
+            "sizes": ["38", "39"],
+        },
     },
     {
         "id": "boot-black",
         "v": unit(1, 0.3),
         "t": "black leather ankle boots",
-        "a": {"category": "shoes", "color": "black", "price": 130.0, "in_stock": True},
+        "a": {
+            "category": "shoes",
+            "color": "black",
+            "price": 130.0,
+            "in_stock": True,
+            "group_id": "boot-1",
+            "popularity": 500.0,
+            "created_at": "2025-03-01",
+            "sizes": ["39", "40"],
+        },
     },
     {
         "id": "sneaker-red",
         "v": unit(0.8, 0.8),
         "t": "red canvas sneakers",
-        "a": {"category": "shoes", "color": "red", "price": 60.0, "in_stock": False},
+        "a": {
+            "category": "shoes",
+            "color": "red",
+            "price": 60.0,
+            "in_stock": False,
+            "group_id": "sneaker-1",
+            "popularity": 50.0,
+            "created_at": "2024-12-01",
+            "sizes": ["38"],
+        },
     },
     {
         "id": "bag-red",
         "v": unit(0.1, 1),
         "t": "red leather handbag",
-        "a": {"category": "bags", "color": "red", "price": 90.0, "in_stock": True},
+        "a": {"category": "bags", "color": "red", "price": 90.0, "in_stock": True, "popularity": 5.0},
     },
     {
         "id": "tee-blue",
         "v": unit(0, 0.1, 1),
         "t": "blue cotton t-shirt",
-        "a": {"category": "tops", "color": "blue", "price": 20.0, "in_stock": True, "tags": ["summer", "basic"]},
+        "a": {
+            "category": "tops",
+            "color": "blue",
+            "price": 20.0,
+            "in_stock": True,
+            "tags": ["summer", "basic"],
+            "group_id": "tee-1",
+            "popularity": 1000.0,
+            "created_at": "2025-03-10",
+            "sizes": ["S", "M"],
+        },
     },
     {
         "id": "scarf-blue",
         "v": unit(0, 0, 1, 1),
         "t": "blue wool scarf",
-        "a": {"category": "accessories", "color": "blue", "price": 35.5, "in_stock": False},
+        "a": {"category": "accessories", "color": "blue", "price": 35.5, "in_stock": False, "created_at": "2024-06-01"},
     },
 ]
 
@@ -79,7 +118,45 @@ def indexed(entry: dict[str, Any], backend: Backend, *, image: np.ndarray | None
     )
 
 
-FIELDS = {"category": "keyword", "color": "keyword", "price": "number", "in_stock": "bool", "tags": "keyword"}
+FIELDS = {
+    "category": "keyword",
+    "color": "keyword",
+    "price": "number",
+    "in_stock": "bool",
+    "tags": "keyword",
+    "group_id": "keyword",
+    "popularity": "number",
+    "created_at": "keyword",
+    "sizes": "keyword",
+}
+BY_ID = {e["id"]: e for e in CATALOG}
+
+
+def brute_force_facets(ids: list[str], fields: list[str], *, groups: bool = False) -> dict[str, dict[str, int]]:
+    """Facet counts computed the slow, obvious way over CATALOG documents ``ids``."""
+    units: dict[str, list[str]] = {}
+    for doc in ids:
+        key = BY_ID[doc]["a"].get("group_id") if groups else None
+        units.setdefault(key if key is not None else f"doc:{doc}", []).append(doc)
+    out: dict[str, dict[str, int]] = {}
+    for name in fields:
+        counts: dict[str, int] = {}
+        for members in units.values():
+            values: set[str] = set()
+            for doc in members:
+                value = BY_ID[doc]["a"].get(name)
+                for item in value if isinstance(value, list) else ([] if value is None else [value]):
+                    values.add(str(item).lower() if isinstance(item, bool) else str(item))
+            for v in values:
+                counts[v] = counts.get(v, 0) + 1
+        out[name] = counts
+    return out
+
+
+def passing(condition: FilterCondition | None) -> list[str]:
+    from clipfuse.plugin.ranking import payload_matches
+
+    return [e["id"] for e in CATALOG if condition is None or payload_matches(e["a"], [condition])]
 
 
 class BackendContract:
@@ -232,3 +309,216 @@ class BackendContract:
     def test_wrong_query_vector_size_is_a_clear_error(self, searcher: HybridSearcher) -> None:
         with pytest.raises(InvalidQuery, match="3 dimensions; the index holds 8"):
             searcher.search(SearchRequest(text="x"), dense=np.ones(3, dtype=np.float32))
+
+    # -- e-commerce ranking: facets, collapse, boosts, rules, cursors, ties ---------------------
+    @pytest.mark.parametrize(
+        "condition",
+        [None, FilterCondition(field="category", value="shoes"), FilterCondition(field="sizes", value="38")],
+    )
+    def test_facets_equal_a_brute_force_count(
+        self, searcher: HybridSearcher, condition: FilterCondition | None
+    ) -> None:
+        names = ["category", "color", "sizes", "in_stock", "tags"]
+        response = searcher.search(
+            SearchRequest(
+                text="red leather",
+                k=2,
+                filters=[condition] if condition else [],
+                facets=[*names, "price"],
+                max_values_per_facet=100,
+            ),
+            dense=unit(1, 0.5),
+        )
+        expected_ids = passing(condition)  # dense signals reach every document of this small index
+        assert response.total == Total(value=len(expected_ids), relation="eq")
+        assert response.facet_scope == "window" and response.facets_count == "documents"
+        assert response.facets == brute_force_facets(expected_ids, names)
+        prices = [BY_ID[d]["a"]["price"] for d in expected_ids]
+        stats = response.facets_stats["price"]
+        assert (stats.count, stats.min, stats.max) == (len(prices), min(prices), max(prices))
+        assert stats.sum == pytest.approx(sum(prices)) and stats.avg == pytest.approx(sum(prices) / len(prices))
+        assert len(response.hits) == 2
+
+    def test_facet_values_are_capped_most_frequent_first(self, searcher: HybridSearcher) -> None:
+        response = searcher.search(SearchRequest(text="x", facets=["color"], max_values_per_facet=2), dense=unit(1))
+        assert response.facets["color"] == {"red": 3, "blue": 2}
+
+    def test_collapse_gives_one_hit_per_group_before_paging(self, searcher: HybridSearcher) -> None:
+        request = SearchRequest(
+            text="leather boots", k=10, collapse={"field": "group_id", "fields": ["color"]}, facets=["color"]
+        )
+        response = searcher.search(request, dense=unit(1, 0.2))
+        ids = [h.id for h in response.hits]
+        organic = [
+            h.id for h in searcher.search(request.model_copy(update={"collapse": None}), dense=unit(1, 0.2)).hits
+        ]
+        best, other = sorted(["boot-red", "boot-black"], key=organic.index)
+        assert ids[0] == best == organic[0] and other not in ids
+        top = response.hits[0]
+        assert top.group == "boot-1"
+        assert [(v.id, v.payload) for v in top.variants] == [(other, {"color": BY_ID[other]["a"]["color"]})]
+        assert top.variants[0].score <= top.score
+        # documents without a group stand alone; every group appears once, in the order of its best document
+        assert sorted(ids) == sorted([best, "sneaker-red", "bag-red", "tee-blue", "scarf-blue"])
+        assert ids == [d for d in organic if d != other]
+        assert response.total == Total(value=5, relation="eq") and response.collapsed_by == "group_id"
+        # facets count groups: the boot group counts once for red and once for black
+        assert response.facets_count == "groups"
+        assert response.facets["color"] == brute_force_facets(passing(None), ["color"], groups=True)["color"]
+        assert response.facets["color"] == {"red": 3, "blue": 2, "black": 1}
+        page2 = searcher.search(request.model_copy(update={"k": 2, "offset": 2}), dense=unit(1, 0.2))
+        assert [h.id for h in page2.hits] == ids[2:4] and [h.rank for h in page2.hits] == [3, 4]
+
+    def test_boosts_rerank_the_whole_window_and_explain_themselves(self, searcher: HybridSearcher) -> None:
+        import math
+
+        request = SearchRequest.model_validate(
+            {
+                "text": "red leather ankle boots",
+                "k": 6,
+                "boosts": [
+                    {"type": "field", "field": "popularity", "function": "log1p", "weight": 0.2},
+                    {"type": "filter", "filters": [{"field": "in_stock", "value": False}], "weight": 0.05},
+                    {"type": "decay", "field": "created_at", "origin": "2025-03-10", "scale": "30d", "weight": 0.1},
+                ],
+            }
+        )
+        response = searcher.search(request, dense=unit(1, 0.1))
+        assert len(response.hits) == 6
+        fused = [h.explanation.fused for h in response.hits if h.explanation]
+        lo, hi = min(fused), max(fused)
+        for hit in response.hits:
+            e = hit.explanation
+            assert e is not None and e.normalised == pytest.approx((e.fused - lo) / (hi - lo))
+            a = BY_ID[hit.id]["a"]
+            expected = [
+                0.2 * math.log1p(a.get("popularity", 0.0)),
+                0.05 if not a["in_stock"] else 0.0,
+                0.1 * (decay_value(a["created_at"]) if "created_at" in a else 1.0),
+            ]
+            assert [b.contribution for b in e.boosts] == pytest.approx(expected)
+            assert e.final == pytest.approx(e.normalised + sum(expected)) and hit.score == e.final
+            assert sum(s.contribution for s in e.signals.values()) == pytest.approx(e.fused, rel=1e-5)
+        scores = [h.score for h in response.hits]
+        assert scores == sorted(scores, reverse=True)
+        assert response.hits[0].id == "boot-black"  # popular and newer: above the better text match
+
+    def test_bad_window_fields_are_clear_errors(self, searcher: HybridSearcher) -> None:
+        cases = [
+            ({"facets": ["size"]}, r"unknown facet field 'size'"),
+            ({"collapse": "price"}, r"collapse needs a keyword field.*'price' is number"),
+            ({"collapse": "nope"}, r"unknown collapse field 'nope'"),
+            ({"boosts": [{"type": "field", "field": "color"}]}, r"boosts.0: linear needs a number field; 'color' is"),
+            ({"boosts": [{"type": "field", "field": "rating"}]}, r"unknown boost field 'rating'"),
+            (
+                {"boosts": [{"type": "filter", "filters": [{"field": "size", "value": "M"}], "weight": 1}]},
+                r"boosts.0: unknown filter field 'size'",
+            ),
+        ]
+        for extra, message in cases:
+            with pytest.raises(InvalidQuery, match=message):
+                searcher.search(SearchRequest.model_validate({"text": "x", **extra}), dense=unit(1))
+        with pytest.raises(ValueError, match="scale must be greater than 0"):
+            SearchRequest.model_validate(
+                {"text": "x", "boosts": [{"type": "decay", "field": "price", "origin": 1, "scale": 0}]}
+            )
+
+    def test_rules_pin_hide_and_bury(self, searcher: HybridSearcher) -> None:
+        rules = parse_rules(
+            [
+                {
+                    "id": "leather-campaign",
+                    "conditions": [{"pattern": "leather", "anchoring": "contains"}],
+                    "consequence": {
+                        "pin": [{"id": "scarf-blue", "position": 1}],
+                        "hide": ["boot-red"],
+                        "boost": [{"filters": [{"field": "category", "value": "bags"}], "weight": -5}],
+                    },
+                }
+            ]
+        )
+        searcher.load_rules(rules)
+        request = SearchRequest(text="red leather ankle boots", k=6, collapse="group_id")
+        response = searcher.search(request, dense=unit(1, 0.1))
+        ids = [h.id for h in response.hits]
+        assert ids[0] == "scarf-blue" and response.hits[0].rule == "leather-campaign"
+        assert ids[-1] == "bag-red" and response.hits[-1].rule == "leather-campaign"  # buried
+        assert "boot-red" not in ids and all(v.id != "boot-red" for h in response.hits for v in h.variants)
+        assert "boot-black" in ids and response.rules_applied == ["leather-campaign"]
+        # a pinned document the filters exclude is not shown
+        shoes = searcher.search(
+            SearchRequest(text="leather", k=6, filters=[FilterCondition(field="category", value="shoes")]),
+            dense=unit(1, 0.1),
+        )
+        assert {h.id for h in shoes.hits} == {"boot-black", "sneaker-red"}
+        # rules off: the organic ranking
+        organic = searcher.search(request.model_copy(update={"rules": False}), dense=unit(1, 0.1))
+        assert organic.hits[0].id == "boot-red" and organic.rules_applied == []
+        # a query the rule does not match
+        assert searcher.search(SearchRequest(text="scarf", k=6), dense=unit(1, 0.1)).rules_applied == []
+
+    def test_rules_naming_unknown_documents_or_fields_are_refused(self, searcher: HybridSearcher) -> None:
+        good = parse_rules([{"id": "ok", "conditions": [{"pattern": "x"}], "consequence": {"hide": ["tee-blue"]}}])
+        searcher.load_rules(good)
+        with pytest.raises(ConfigurationError, match=r"rule 'r1' names documents the index does not hold: \['nope'\]"):
+            searcher.load_rules(
+                parse_rules([{"id": "r1", "conditions": [{"pattern": "x"}], "consequence": {"hide": ["nope"]}}])
+            )
+        with pytest.raises(ConfigurationError, match=r"rule 'r2' \(conditions\): unknown filter field 'size'"):
+            searcher.load_rules(
+                parse_rules(
+                    [
+                        {
+                            "id": "r2",
+                            "conditions": [{"filters": [{"field": "size", "value": "M"}]}],
+                            "consequence": {"hide": ["tee-blue"]},
+                        }
+                    ]
+                )
+            )
+        assert searcher.rules.rules[0].id == "ok"  # the previous rules stay
+
+    def test_cursor_pages_a_frozen_ranking(self, loaded: Backend, searcher: HybridSearcher) -> None:
+        full = [h.id for h in searcher.search(SearchRequest(text="red leather", k=6), dense=unit(1, 0.5)).hits]
+        first = searcher.search(SearchRequest(text="red leather", k=2), dense=unit(1, 0.5))
+        assert first.next_cursor is not None
+        # the index changes between pages: a new best match, a deleted document
+        loaded.upsert([indexed(dict(CATALOG[0], id="boot-new", t="red leather"), loaded)])
+        loaded.delete([full[3]])
+        pages = [first]
+        while pages[-1].next_cursor is not None:
+            pages.append(searcher.search(SearchRequest(cursor=pages[-1].next_cursor)))
+        ids = [h.id for page in pages for h in page.hits]
+        assert ids == full and len(pages) == 3
+        assert [h.rank for h in pages[1].hits] == [3, 4]
+        assert pages[1].total == first.total
+        assert pages[1].hits[0].payload.get("title")  # payloads are read for the page
+        fresh = searcher.search(SearchRequest(text="red leather", k=2), dense=unit(1, 0.5))
+        assert "boot-new" in [h.id for h in fresh.hits]
+        with pytest.raises(InvalidQuery, match="signature does not match"):
+            token = first.next_cursor
+            searcher.search(SearchRequest(cursor=token[:-2] + ("AA" if not token.endswith("AA") else "BB")))
+
+    def test_ties_are_broken_by_document_id(self, loaded: Backend, searcher: HybridSearcher) -> None:
+        """Equal raw scores in a signal, and equal fused scores, are ordered by document id on every engine."""
+        twins = [
+            dict(CATALOG[4], id=name, t="striped linen shorts", v=unit(0, 0, 0, 0, 1))
+            for name in ("twin-c", "twin-a", "twin-b")
+        ]
+        loaded.upsert([indexed(t, loaded) for t in twins])
+        for weights in (Weights(image=0, text=0, bm25=1), Weights(image=1, text=0, bm25=0), Weights()):
+            for _ in range(2):
+                hits = searcher.search(
+                    SearchRequest(text="striped linen shorts", weights=weights, k=3), dense=unit(0, 0, 0, 0, 1)
+                ).hits
+                assert [h.id for h in hits] == ["twin-a", "twin-b", "twin-c"]
+                assert len({(h.signals.image, h.signals.bm25) for h in hits}) == 1
+
+
+def decay_value(date: str) -> float:
+    """gauss decay of a date from 2025-03-10, scale 30 days, decay 0.5 (Elasticsearch's formula)."""
+    import math
+    from datetime import date as d
+
+    days = abs((d.fromisoformat("2025-03-10") - d.fromisoformat(date)).days)
+    return math.exp(math.log(0.5) * (days / 30) ** 2)

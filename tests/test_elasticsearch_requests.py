@@ -32,6 +32,7 @@ from clipfuse.plugin.elasticsearch import (
     build_bulk_delete_actions,
     build_filter,
     build_index_body,
+    build_mget,
     build_msearch,
     build_retriever_search,
     open_elasticsearch_client,
@@ -608,7 +609,11 @@ def test_pagination_slices_the_fused_ranking(cluster: FakeCluster) -> None:
 
 
 def test_server_side_rrf_through_the_real_client(cluster: FakeCluster) -> None:
-    fused = search_response(hit("boot-red", 0.0489, title="Red boots"), hit("boot-black", 0.0325, title="Black boots"))
+    fused = search_response(
+        hit("boot-red", 0.0489, title="Red boots"),
+        hit("boot-black", 0.0325, title="Black boots"),
+        hit("bag-red", 0.0320, title="Red bag"),
+    )
     cluster.script += [(200, fields_mapping()), (200, MSEARCH), (200, fused)]
     backend = backend_on(cluster, server_side_fusion=True)
     searcher = HybridSearcher(backend)
@@ -904,3 +909,135 @@ def test_importing_the_plugin_does_not_import_elasticsearch() -> None:
     code = "import sys, clipfuse.plugin; print('elasticsearch' in sys.modules, 'elastic_transport' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+# -- e-commerce ranking through the real client: window, facets, collapse, boosts, rules, cursors --------
+SHOP = {
+    "boot-red": {"title": "Red boots", "color": "red", "group_id": "boot", "popularity": 10.0, "sizes": ["38", "39"]},
+    "boot-black": {"title": "Black boots", "color": "black", "group_id": "boot", "popularity": 900.0, "sizes": ["39"]},
+    "bag-red": {"title": "Red bag", "color": "red", "popularity": 50.0},
+}
+
+
+def shop_mapping() -> dict[str, Any]:
+    return mapping_response(
+        extra={
+            "color": {"type": "keyword"},
+            "group_id": {"type": "keyword"},
+            "popularity": {"type": "double"},
+            "sizes": {"type": "keyword"},
+        }
+    )
+
+
+def shop_msearch() -> dict[str, Any]:
+    def h(doc_id: str, score: float) -> dict[str, Any]:
+        return hit(doc_id, score, **SHOP[doc_id])
+
+    return {
+        "took": 5,
+        "responses": [
+            search_response(h("boot-red", 0.99), h("boot-black", 0.95), h("bag-red", 0.80)),
+            search_response(h("boot-black", 0.97), h("boot-red", 0.96)),
+            # BM25 ties come back in Elasticsearch's internal order; clipfuse orders them by id
+            search_response(h("boot-red", 7.5), h("bag-red", 2.1), h("boot-black", 2.1)),
+        ],
+    }
+
+
+def mget_answer(call: Call) -> tuple[int, Any]:
+    docs = []
+    for wanted in call.body["docs"]:
+        source = SHOP.get(wanted["_id"])
+        if source is None:
+            docs.append({"_index": INDEX, "_id": wanted["_id"], "found": False})
+        else:
+            spec = wanted["_source"]
+            includes = [] if spec is False else spec.get("includes")
+            body = {k: v for k, v in source.items() if includes is None or k in includes}
+            docs.append(
+                {"_index": INDEX, "_id": wanted["_id"], "found": True, "_source": {"doc_id": wanted["_id"], **body}}
+            )
+    return 200, {"docs": docs}
+
+
+def test_window_features_use_one_msearch_and_count_what_it_returned(cluster: FakeCluster) -> None:
+    cluster.script += [(200, shop_mapping()), (200, shop_msearch())]
+    searcher = HybridSearcher(backend_on(cluster))
+    request = SearchRequest.model_validate(
+        {
+            "text": "red boots",
+            "k": 1,
+            "facets": ["color", "sizes", "popularity"],
+            "collapse": {"field": "group_id", "fields": ["color"]},
+            "boosts": [{"type": "field", "field": "popularity", "function": "log1p", "weight": 0.1}],
+        }
+    )
+    response = searcher.search(request, dense=QVEC)
+    msearch = cluster.calls[-1]
+    assert msearch.path == f"/{INDEX}/_msearch" and len(cluster.calls) == 2  # no request per page or per facet
+    assert [body["size"] for body in msearch.body[1::2]] == [100, 100, 100]  # every signal's whole window
+
+    lists = [
+        [Ranked("boot-red", 0.98), Ranked("boot-black", 0.90), Ranked("bag-red", 0.60)],
+        [Ranked("boot-black", 0.94), Ranked("boot-red", 0.92)],
+        [Ranked("boot-red", 7.5), Ranked("bag-red", 2.1), Ranked("boot-black", 2.1)],  # tie: id order
+    ]
+    fused = {f.id: f.score for f in fusion.rrf(lists, k=60)}
+    lo, hi = min(fused.values()), max(fused.values())
+    final = {d: (s - lo) / (hi - lo) + 0.1 * np.log1p(SHOP[d]["popularity"]) for d, s in fused.items()}
+    best = max(["boot-red", "boot-black"], key=lambda d: final[d])
+    other = "boot-red" if best == "boot-black" else "boot-black"
+    assert [h.id for h in response.hits] == [best]
+    top = response.hits[0]
+    assert top.score == pytest.approx(final[best]) and top.explanation is not None
+    assert top.explanation.fused == pytest.approx(fused[best])
+    assert [(v.id, v.payload) for v in top.variants] == [(other, {"color": SHOP[other]["color"]})]
+    assert response.total is not None and (response.total.value, response.total.relation) == (2, "eq")
+    # facets over the window, counting groups: the boot group is red and black, sizes 38 and 39 once
+    assert response.facets == {"color": {"red": 2, "black": 1}, "sizes": {"38": 1, "39": 1}}
+    assert response.facets_stats["popularity"].sum == pytest.approx(960.0)
+    assert response.facets_count == "groups"
+
+    # the next page comes from the frozen ranking: one _mget for the page's payloads, no search
+    cluster.script.append(mget_answer)
+    page2 = searcher.search(SearchRequest(cursor=response.next_cursor))
+    mget = cluster.calls[-1]
+    assert (mget.method, mget.path) == ("POST", f"/{INDEX}/_mget")
+    assert mget.body == build_mget(["bag-red"])
+    assert mget.body == {"docs": [{"_id": "bag-red", "_source": {"excludes": ["image_vector", "text_vector"]}}]}
+    assert [h.id for h in page2.hits] == ["bag-red"] and page2.hits[0].payload["title"] == "Red bag"
+    assert page2.next_cursor is None and page2.facets == response.facets
+
+
+def test_rules_check_their_ids_and_pin_outside_the_window_through_mget(cluster: FakeCluster) -> None:
+    from clipfuse.schemas.rules import parse_rules
+
+    SHOP["tote-red"] = {"title": "Red tote", "color": "red", "popularity": 1.0}
+    try:
+        cluster.script += [(200, shop_mapping()), mget_answer]
+        searcher = HybridSearcher(backend_on(cluster))
+        rules = parse_rules(
+            [
+                {
+                    "id": "tote",
+                    "conditions": [{"pattern": "boots", "anchoring": "contains"}],
+                    "consequence": {"pin": [{"id": "tote-red", "position": 1}], "hide": ["boot-black"]},
+                }
+            ]
+        )
+        searcher.load_rules(rules)
+        assert cluster.calls[-1].body == build_mget(["boot-black", "tote-red"], ())
+        cluster.script += [(200, shop_msearch()), mget_answer]
+        response = searcher.search(SearchRequest(text="red boots", k=3), dense=QVEC)
+        assert cluster.calls[-1].body == build_mget(["tote-red"])  # the pinned document outside the window
+        assert [h.id for h in response.hits] == ["tote-red", "boot-red", "bag-red"]
+        assert response.hits[0].rule == "tote" and response.hits[0].payload["title"] == "Red tote"
+        cluster.script.append(mget_answer)
+        with pytest.raises(ConfigurationError, match=r"rule 'bad' names documents the index does not hold: \['gone'\]"):
+            searcher.load_rules(
+                parse_rules([{"id": "bad", "conditions": [{"pattern": "x"}], "consequence": {"hide": ["gone"]}}])
+            )
+        assert searcher.rules.rules[0].id == "tote"
+    finally:
+        del SHOP["tote-red"]

@@ -183,7 +183,8 @@ def build_edge_requests(
 
     Per-signal requests carry no payload (reading payloads is most of a query's cost: the
     backend maps point ids back to document ids itself); the fused request carries the
-    payloads of the hits.
+    payloads of the hits (with ``window_fields``: only those fields and ``doc_id``, for the
+    whole window; the searcher reads the page's full payloads afterwards).
     """
     flt = build_edge_filter(query.filters)
     requests = [
@@ -196,7 +197,10 @@ def build_edge_requests(
             qe.Prefetch(limit=query.candidates, query=_query_vector(r), filter=flt, params=params)
             for r in query.retrievers
         ]
-        requests.append(qe.QueryRequest(limit=query.limit, query=fusion, prefetches=prefetches, with_payload=True))
+        payload: Any = True
+        if query.window_fields is not None:
+            payload = qe.PayloadSelector.Include(["doc_id", *query.window_fields])  # type: ignore[call-arg]
+        requests.append(qe.QueryRequest(limit=query.limit, query=fusion, prefetches=prefetches, with_payload=payload))
     return requests, fusion is not None
 
 
@@ -611,6 +615,12 @@ class EdgeBackend:
             [Ranked(name, float(score)) for pid, score in signal if (name := known.get(pid) or learned.get(pid))]
             for signal in hits
         ]
+        if query.window_fields is not None:
+            # the searcher ranks the whole window: the window's fields for every candidate
+            missing = {r.id for ranked in lists for r in ranked if r.id not in payloads}
+            if missing and query.window_fields:
+                payloads.update(self.fetch(sorted(missing), query.window_fields))
+            return BackendResult(lists=lists, fused=fused, payloads=payloads, complete_payloads=False)
         if fused is None:
             # clipfuse fuses client-side: read the payloads of the hits it will show, found by the same fusion
             try:
@@ -621,12 +631,22 @@ class EdgeBackend:
             except ValueError:
                 wanted = {r.id for ranked in lists for r in ranked}
             if wanted:
-                with _errors(f"reading payloads from {self.collection!r}"):
-                    records = shard.retrieve([point_id(i) for i in wanted], with_payload=True, with_vector=False)
-                for record in records:
-                    payload = dict(record.payload or {})
-                    payloads[str(payload.pop("doc_id", record.id))] = payload
+                payloads.update(self.fetch(sorted(wanted)))
         return BackendResult(lists=lists, fused=fused, payloads=payloads)
+
+    def fetch(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Payloads by document id (``fields``: only those keys); ids not in the store are left out."""
+        shard = self._require()
+        if shard is None or not ids:
+            return {}
+        selector: Any = True if fields is None else qe.PayloadSelector.Include(["doc_id", *fields])  # type: ignore[call-arg]
+        with _errors(f"reading payloads from {self.collection!r}"):
+            records = shard.retrieve([point_id(i) for i in ids], with_payload=selector, with_vector=False)
+        out: dict[str, dict[str, Any]] = {}
+        for record in records:
+            payload = dict(record.payload or {})
+            out[str(payload.pop("doc_id", record.id))] = payload
+        return out
 
     # -- lifecycle -------------------------------------------------------------------
     def flush(self) -> None:

@@ -61,6 +61,7 @@ __all__ = [
     "build_bulk_delete_actions",
     "build_filter",
     "build_index_body",
+    "build_mget",
     "build_msearch",
     "build_retriever_search",
     "open_elasticsearch_client",
@@ -368,6 +369,14 @@ def build_msearch(query: HybridQuery, index: str) -> list[dict[str, Any]]:
         body.update({"size": k, "_source": _source_filter(), "track_total_hits": False})
         searches.extend([{"index": index}, body])
     return searches
+
+
+def build_mget(ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, Any]:
+    """The ``_mget`` body reading documents by ``_id``: their ``_source`` without vectors (or only ``fields``)."""
+    source: Any = _source_filter()
+    if fields is not None:
+        source = {"includes": list(fields)} if fields else False  # an empty includes would mean everything
+    return {"docs": [{"_id": doc_id, "_source": source} for doc_id in ids]}
 
 
 def server_fusion_unsupported_reason(query: HybridQuery) -> str | None:
@@ -770,6 +779,22 @@ class ElasticsearchBackend:
                 )
                 return None
         return self._ranked(response.body, None, payloads)
+
+    def fetch(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Payloads by ``_id`` with one ``mget`` (``fields``: only those keys); missing ids are left out."""
+        if not ids:
+            return {}
+        with _errors(f"reading documents from {self.index!r}"):
+            response = self.client.mget(index=self.index, docs=build_mget(ids, fields)["docs"])
+        out: dict[str, dict[str, Any]] = {}
+        for doc in response["docs"]:
+            if not doc.get("found"):
+                continue
+            source = dict(doc.get("_source") or {})
+            for key in ("doc_id", *VECTOR_FIELDS):
+                source.pop(key, None)
+            out[str(doc["_id"])] = source
+        return out
 
     def close(self) -> None:
         self.client.close()

@@ -25,6 +25,7 @@ __all__ = [
     "POINT_NAMESPACE",
     "Backend",
     "BackendResult",
+    "Fetchable",
     "HybridQuery",
     "IndexInfo",
     "IndexedDocument",
@@ -104,10 +105,13 @@ class HybridQuery:
     filters: tuple[FilterCondition, ...]
     fusion: FusionMethod
     rrf_k: float
-    #: how many fused hits are wanted (offset + k)
+    #: how many fused hits are wanted (the searcher asks for the whole window: candidates x retrievers)
     limit: int
     #: how many candidates each retriever returns
     candidates: int
+    #: payload fields the searcher reads for *every* candidate (boosts, collapse, facets); None: the
+    #: backend returns payloads of the top ``limit`` fused hits only, as before
+    window_fields: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +121,9 @@ class BackendResult:
     #: the engine's own fused ranking (best-first, at least ``limit`` long when available), or None
     fused: list[Ranked] | None
     payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: False when ``payloads`` hold only the query's ``window_fields`` (the searcher then reads the page's
+    #: full payloads with :meth:`Fetchable.fetch`)
+    complete_payloads: bool = True
 
 
 @runtime_checkable
@@ -153,3 +160,12 @@ class Backend(Protocol):
     def search(self, query: HybridQuery) -> BackendResult: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Fetchable(Protocol):
+    """A backend that reads documents' payloads by id (pins outside the window, pages of a cursor)."""
+
+    def fetch(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """``{doc_id: payload}`` for the ids that exist (``fields``: only these keys); missing ids are left out."""
+        ...

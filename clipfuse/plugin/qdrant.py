@@ -276,5 +276,19 @@ class QdrantBackend:
         fused = lists.pop() if fused_by_engine else None
         return BackendResult(lists=lists, fused=fused, payloads=payloads)
 
+    def fetch(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        selector: Any = [*fields, "doc_id"] if fields is not None else True
+        with _errors(f"reading documents from {self.collection!r}"):
+            points = self.client.retrieve(
+                self.collection, ids=[point_id(i) for i in ids], with_payload=selector, with_vectors=False
+            )
+        out: dict[str, dict[str, Any]] = {}
+        for p in points:
+            payload = dict(p.payload or {})
+            out[str(payload.pop("doc_id", p.id))] = payload
+        return out
+
     def close(self) -> None:
         self.client.close()

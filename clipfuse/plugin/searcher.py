@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from clipfuse.embedding import PreparingEmbedder
 from clipfuse.errors import ConfigurationError, InvalidDocument, InvalidQuery
+from clipfuse.plugin import collapse as collapse_steps
+from clipfuse.plugin import facets as facet_steps
 from clipfuse.plugin import fusion
+from clipfuse.plugin import ranking as ranking_steps
+from clipfuse.plugin import rules as _rules
 from clipfuse.plugin.bm25 import Bm25Encoder
+from clipfuse.plugin.cursor import CursorCodec, FrozenRanking, MemoryCursorStore
 from clipfuse.plugin.filters import resolve_filters
-from clipfuse.plugin.protocol import Backend, HybridQuery, IndexInfo, Retriever
-from clipfuse.schemas import Hit, SearchRequest, SearchResponse, SignalScores
+from clipfuse.plugin.fusion import Ranked
+from clipfuse.plugin.protocol import Backend, Fetchable, HybridQuery, IndexInfo, Retriever
+from clipfuse.plugin.ranking import AnyBoost, Candidate
+from clipfuse.schemas import FilterCondition, Hit, SearchRequest, SearchResponse, SignalScores
+from clipfuse.schemas.rules import RuleSet, load_rules
+from clipfuse.schemas.search import (
+    DecayBoost,
+    Explanation,
+    FacetStats,
+    FilterBoost,
+    SignalExplanation,
+    Total,
+    Variant,
+)
 
 if TYPE_CHECKING:
     from clipfuse.embedding import Embedder
@@ -72,12 +92,20 @@ class HybridSearcher:
         embedder: Embedder | None = None,
         bm25: Bm25Encoder | None = None,
         image_loader: ImageLoader | None = None,
+        rules: RuleSet | str | os.PathLike[str] | None = None,
+        cursors: CursorCodec | Literal["memory"] | None = "memory",
     ) -> None:
         self.backend = backend_for(client, collection or index)
         self.embedder = embedder
         self._bm25 = bm25
         self._image_loader = image_loader
         self._info: IndexInfo | None = None
+        #: the merchandising rules in use (checked against the index; see :meth:`load_rules`)
+        self.rules: RuleSet = RuleSet()
+        #: where rankings are frozen for ``next_cursor`` (default: in this process, 10 minutes); None: no cursors
+        self.cursors: CursorCodec | None = CursorCodec(MemoryCursorStore()) if cursors == "memory" else cursors  # type: ignore[assignment]
+        if rules is not None:
+            self.load_rules(rules)
 
     @property
     def bm25(self) -> Bm25Encoder:
@@ -129,7 +157,14 @@ class HybridSearcher:
         return vec
 
     def build_query(self, request: SearchRequest, dense: np.ndarray | None = None) -> HybridQuery:
+        """The engine query :meth:`search` sends for ``request``: every signal's candidates, the whole window."""
+        return self._prepare(request, dense)[0]
+
+    def _prepare(
+        self, request: SearchRequest, dense: np.ndarray | None
+    ) -> tuple[HybridQuery, _Plan, list[_rules.Rule]]:
         info = self.index_info()
+        plan = self._check_window(request, info)
         if dense is None and (request.weights.image > 0 or request.weights.text > 0):
             dense = self.encode_query(request)
         if dense is not None:
@@ -148,20 +183,153 @@ class HybridSearcher:
                 retrievers.append(Retriever("bm25", w.bm25, sparse=sparse, text=request.text))
         if not retrievers:
             raise InvalidQuery("no signal can run for this request: check the weights and give a text or an image")
-        return HybridQuery(
+        filters = resolve_filters(request.filters, info.fields)
+        matched = _rules.matching_rules(self.rules, request.text, filters) if request.rules and self.rules.rules else []
+        for boost, _label, _rule in _rules.rule_boosts(matched):
+            plan.window_fields.update(c.field for c in boost.filters)
+        query = HybridQuery(
             retrievers=tuple(retrievers),
-            filters=resolve_filters(request.filters, info.fields),
+            filters=filters,
             fusion=request.fusion,
             rrf_k=request.rrf_k,
-            limit=request.offset + request.k,
+            # the whole fused window: boosts, rules, collapse and facets rank and count all of it
+            limit=len(retrievers) * request.candidate_limit,
             candidates=request.candidate_limit,
+            window_fields=tuple(sorted(plan.window_fields)),
         )
+        return query, plan, matched
+
+    # -- rules ----------------------------------------------------------------------
+    def load_rules(self, rules: RuleSet | str | os.PathLike[str]) -> RuleSet:
+        """Check a rule set (or a rules file) against the index and use it from the next search on.
+
+        Every filter field must exist in the index, and every pinned / hidden id must be
+        a document of it (where the backend can read documents by id). On any problem
+        the previous rules stay and :class:`~clipfuse.errors.ConfigurationError` says which
+        rule and what to change.
+        """
+        ruleset = rules if isinstance(rules, RuleSet) else load_rules(os.fspath(rules))
+        resolved = self._resolve_rules(ruleset)
+        self.rules = resolved
+        return resolved
+
+    def _resolve_rules(self, ruleset: RuleSet) -> RuleSet:
+        info = self.index_info()
+
+        def resolve(conditions: list[FilterCondition], rule_id: str, where: str) -> list[FilterCondition]:
+            try:
+                return list(resolve_filters(conditions, info.fields))
+            except InvalidQuery as e:
+                raise ConfigurationError(f"rule {rule_id!r} ({where}): {e.message}") from None
+
+        out = []
+        for rule in ruleset.rules:
+            conditions = [
+                c.model_copy(update={"filters": resolve(c.filters, rule.id, "conditions")}) for c in rule.conditions
+            ]
+            boosts = [
+                b.model_copy(update={"filters": resolve(b.filters, rule.id, "consequence.boost")})
+                for b in rule.consequence.boost
+            ]
+            consequence = rule.consequence.model_copy(update={"boost": boosts})
+            out.append(rule.model_copy(update={"conditions": conditions, "consequence": consequence}))
+        resolved = RuleSet(rules=out)
+        ids = sorted(resolved.ids())
+        if ids and isinstance(self.backend, Fetchable):
+            found = set(self.backend.fetch(ids, ()))
+            for rule in resolved.rules:
+                unknown = [
+                    doc for doc in [*(p.id for p in rule.consequence.pin), *rule.consequence.hide] if doc not in found
+                ]
+                if unknown:
+                    raise ConfigurationError(
+                        f"rule {rule.id!r} names documents the index does not hold: {unknown[:10]}; fix the ids "
+                        "(a hit's 'id') or index those documents first"
+                    )
+        return resolved
+
+    # -- checks -------------------------------------------------------------------------
+    def _check_window(self, request: SearchRequest, info: IndexInfo) -> _Plan:
+        fields = info.fields
+        known = ", ".join(sorted(fields)) or "none yet (index documents with attributes first)"
+        for name in request.facets:
+            if name not in fields:
+                raise InvalidQuery(f"unknown facet field {name!r}; fields you can facet on: {known}")
+        if request.facet_scope == "matches" and request.facets:
+            raise InvalidQuery(
+                f"facet_scope 'matches' is not available on the {self.backend.name} backend yet: use "
+                "facet_scope 'window' (the fused candidates, what the shopper can page through)"
+            )
+        collapse = request.collapse
+        if collapse is not None:
+            kind = fields.get(collapse.field)
+            if kind is None:
+                raise InvalidQuery(
+                    f"unknown collapse field {collapse.field!r}; keyword fields: {_of(fields, 'keyword')}"
+                )
+            if kind != "keyword":
+                raise InvalidQuery(
+                    f"collapse needs a keyword field (a group id); {collapse.field!r} is {kind}: choose one of "
+                    f"{_of(fields, 'keyword')}"
+                )
+            for name in collapse.fields:
+                if name not in fields and name not in _TEXT_FIELDS:
+                    raise InvalidQuery(
+                        f"collapse.fields: unknown field {name!r}; variants can carry {known}, "
+                        f"{', '.join(_TEXT_FIELDS)}"
+                    )
+        boosts: list[tuple[AnyBoost, str]] = []
+        for position, boost in enumerate(request.boosts):
+            where = f"boosts.{position}"
+            if isinstance(boost, FilterBoost):
+                try:
+                    checked = resolve_filters(boost.filters, fields)
+                except InvalidQuery as e:
+                    raise InvalidQuery(f"{where}: {e.message}") from None
+                boost = boost.model_copy(update={"filters": list(checked)})
+            else:
+                kind = fields.get(boost.field)
+                if kind is None:
+                    raise InvalidQuery(
+                        f"{where}: unknown boost field {boost.field!r}; number fields: {_of(fields, 'number')}"
+                    )
+                dates = isinstance(boost, DecayBoost) and boost.on_dates
+                if dates and kind not in ("keyword", "number"):
+                    raise InvalidQuery(
+                        f"{where}: a date decay reads ISO dates (a keyword field) or epoch seconds (a number field); "
+                        f"{boost.field!r} is {kind}"
+                    )
+                if not dates and kind != "number":
+                    what = "a decay with a number origin" if isinstance(boost, DecayBoost) else f"{boost.function}"
+                    raise InvalidQuery(
+                        f"{where}: {what} needs a number field; {boost.field!r} is {kind}: boost a keyword or bool "
+                        f"field with a filter boost instead (e.g. '{boost.field}=VALUE:+0.1'), or use one of "
+                        f"{_of(fields, 'number')}"
+                    )
+            boosts.append((boost, boost.label))
+        window_fields = set(request.facets)
+        if collapse is not None:
+            window_fields.add(collapse.field)
+            window_fields.update(collapse.fields)
+        for boost, _label in boosts:
+            if isinstance(boost, FilterBoost):
+                window_fields.update(c.field for c in boost.filters)
+            else:
+                window_fields.add(boost.field)
+        return _Plan(boosts=boosts, window_fields=window_fields)
 
     # -- search ----------------------------------------------------------------------
     def search(
         self, request: SearchRequest | None = None, /, *, dense: np.ndarray | None = None, **fields: Any
     ) -> SearchResponse:
-        """Run a hybrid search. Pass a :class:`SearchRequest`, or its fields as keywords."""
+        """Run a hybrid search. Pass a :class:`SearchRequest`, or its fields as keywords.
+
+        The pipeline: encode -> retrieve per signal -> fuse the whole candidate window
+        (ties: best signal rank, then document id) -> hide -> boosts (business and rule
+        boosts on the window-normalised fused score) -> collapse -> pins -> facets and
+        total over the window -> freeze the ranking for ``next_cursor`` -> the page,
+        each hit explained.
+        """
         started = time.perf_counter()
         if request is None:
             try:
@@ -170,49 +338,219 @@ class HybridSearcher:
                 raise InvalidQuery(str(e)) from None
         elif fields:
             raise InvalidQuery("pass either a SearchRequest or keyword fields, not both")
-        query = self.build_query(request, dense)
+        if request.cursor is not None:
+            return self._continue(request, started)
+        info = self.index_info()
+        query, plan, matched = self._prepare(request, dense)
+        rule_boosts = _rules.rule_boosts(matched)
         result = self.backend.search(query)
         weights = [r.weight for r in query.retrievers]
-        if result.fused is not None:
-            ranking = [(r.id, r.score) for r in result.fused[: query.limit]]
-            fused_by = "engine"
-        else:
-            merged = fusion.fuse(
-                _NORMALISATION[request.fusion],  # type: ignore[arg-type]
-                result.lists,
-                k=request.rrf_k,
-                weights=weights,
-                limit=query.limit,
-            )
-            ranking = [(f.id, f.score) for f in merged]
-            fused_by = "client"
+
+        # fuse: the whole window, ties in each signal and in the fusion broken by document id
+        lists = [_stable(ranked) for ranked in result.lists]
+        reordered = any([r.id for r in a] != [r.id for r in b] for a, b in zip(lists, result.lists, strict=True))
         per_signal: dict[str, dict[str, tuple[float, int]]] = {}
-        for retriever, ranked in zip(query.retrievers, result.lists, strict=True):
+        for retriever, ranked in zip(query.retrievers, lists, strict=True):
             table: dict[str, tuple[float, int]] = {}
             for position, item in enumerate(ranked, start=1):
                 table.setdefault(item.id, (item.score, position))
             per_signal[retriever.signal] = table
-        hits = []
-        for position, (doc_id, score) in enumerate(ranking[request.offset :], start=request.offset + 1):
-            scores: dict[str, float | None] = {}
-            ranks: dict[str, float | None] = {}
-            for signal, table in per_signal.items():
-                entry = table.get(doc_id)
-                scores[signal] = entry[0] if entry else None
-                ranks[signal] = float(entry[1]) if entry else None
-            hits.append(
-                Hit(
-                    id=doc_id,
-                    rank=position,
-                    score=float(score),
-                    signals=SignalScores(**scores),
-                    ranks=SignalScores(**ranks),
-                    payload=result.payloads.get(doc_id, {}),
-                )
+        union = {r.id for ranked in lists for r in ranked}
+        # the engine's fusion is used when it ranked the whole window from the same ordered lists
+        if result.fused is not None and not reordered and {r.id for r in result.fused} == union:
+            best = {
+                doc: min(t[doc][1] for t in per_signal.values() if doc in t)
+                for doc in {r.id for r in result.fused}
+                if any(doc in t for t in per_signal.values())
+            }
+            engine = sorted(result.fused, key=lambda r: (-r.score, best.get(r.id, 1 << 30), r.id))
+            ranking = []
+            for r in engine:
+                if r.id in union:
+                    union.discard(r.id)  # first (best) occurrence only
+                    ranking.append((r.id, r.score))
+            fused_by = "engine"
+        else:
+            merged = fusion.fuse(
+                _NORMALISATION[request.fusion],  # type: ignore[arg-type]
+                lists,
+                k=request.rrf_k,
+                weights=weights,
             )
+            ranking = [(f.id, f.score) for f in merged]
+            fused_by = "client"
+        contributions = ranking_steps.signal_contributions(request.fusion, lists, weights=weights, k=request.rrf_k)
+        signals: list[str] = [r.signal for r in query.retrievers]
+        payloads: dict[str, dict[str, Any]] = dict(result.payloads)
+        complete = result.complete_payloads
+
+        # rules: hidden documents leave the window first
+        hidden = _rules.hidden_ids(matched)
+        if hidden:
+            ranking = [(doc, score) for doc, score in ranking if doc not in hidden]
+        pins = _rules.pins_of(matched, hidden)
+
+        # boosts (business + rules) over the whole window
+        boosts: list[tuple[AnyBoost, str]] = list(plan.boosts)
+        rule_of: dict[int, str] = {}
+        for boost, label, rule_id in rule_boosts:
+            rule_of[len(boosts)] = rule_id
+            boosts.append((boost, label))
+        candidates = ranking_steps.apply_boosts(ranking, payloads, boosts, rule_of=rule_of)
+
+        # pinned documents outside the window: shown only if they pass the filters
+        in_window = {c.id for c in candidates}
+        outside = [p.id for p in pins if p.id not in in_window]
+        if outside and isinstance(self.backend, Fetchable):
+            fetched = self.backend.fetch(outside)
+            for doc in outside:
+                payload = fetched.get(doc)
+                if payload is not None and ranking_steps.payload_matches(payload, query.filters):
+                    payloads[doc] = payload
+                    candidates.append(Candidate(id=doc, fused=0.0, score=0.0))
+
+        # collapse, then pins at their positions in what the shopper sees
+        pinned_ids = [p.id for p in pins]
+        if request.collapse is not None:
+            groups = collapse_steps.collapse(candidates, payloads, request.collapse.field, heads=pinned_ids)
+        else:
+            groups = collapse_steps.singletons(candidates)
+        groups = _rules.place_pins(groups, pins)
+
+        # facets and total over the window
+        facets: dict[str, dict[str, int]] = {}
+        stats: dict[str, FacetStats] = {}
+        if request.facets:
+            counted = {name: info.fields[name] for name in request.facets}
+            members = [[payloads.get(doc, {}) for doc in group.ids] for group in groups]
+            facets, stats = facet_steps.count_facets(members, counted, max_values=request.max_values_per_facet)
+        full = any(len(ranked) >= query.candidates for ranked in result.lists)
+        total = Total(value=len(groups), relation="gte" if full else "eq")
+
+        hits = [
+            self._hit(group, position, request, per_signal, contributions, signals, payloads)
+            for position, group in enumerate(groups, start=1)
+        ]
+        frozen = FrozenRanking(
+            hits=hits,
+            k=request.k,
+            fusion=request.fusion,
+            fused_by=fused_by,
+            total=total,
+            facets=facets,
+            facets_stats=stats,
+            facet_scope=request.facet_scope if request.facets else None,
+            facets_count=("groups" if request.collapse is not None else "documents") if request.facets else None,
+            collapsed_by=request.collapse.field if request.collapse is not None else None,
+            rules_applied=[r.id for r in matched],
+        )
+        end = request.offset + request.k
+        next_cursor = None
+        if self.cursors is not None and end < len(hits):
+            next_cursor = self.cursors.token(self.cursors.freeze(frozen), end)
+        page = hits[request.offset : end]
+        return self._respond(frozen, page, payloads if complete else None, next_cursor, started)
+
+    def _hit(
+        self,
+        group: collapse_steps.Group,
+        position: int,
+        request: SearchRequest,
+        per_signal: dict[str, dict[str, tuple[float, int]]],
+        contributions: list[dict[str, float]],
+        signals: list[str],
+        payloads: dict[str, dict[str, Any]],
+    ) -> Hit:
+        head = group.head
+        scores: dict[str, float | None] = {}
+        ranks: dict[str, float | None] = {}
+        explained: dict[str, SignalExplanation] = {}
+        for signal, table in zip(signals, contributions, strict=True):
+            entry = per_signal[signal].get(head.id)
+            scores[signal] = entry[0] if entry else None
+            ranks[signal] = float(entry[1]) if entry else None
+            if entry:
+                explained[signal] = SignalExplanation(raw=entry[0], rank=entry[1], contribution=table.get(head.id, 0.0))
+        variants: list[Variant] = []
+        if request.collapse is not None:
+            wanted = request.collapse.fields
+            for variant in group.variants[: request.collapse.max_variants]:
+                source = payloads.get(variant.id, {})
+                variants.append(
+                    Variant(id=variant.id, score=variant.score, payload={f: source[f] for f in wanted if f in source})
+                )
+        return Hit(
+            id=head.id,
+            rank=position,
+            score=float(head.score),
+            signals=SignalScores(**scores),
+            ranks=SignalScores(**ranks),
+            explanation=Explanation(
+                signals=explained,
+                fused=head.fused,
+                normalised=head.normalised,
+                boosts=head.boosts,
+                final=head.score,
+            ),
+            rule=head.rule,
+            group=group.key,
+            variants=variants,
+        )
+
+    def _respond(
+        self,
+        frozen: FrozenRanking,
+        page: list[Hit],
+        payloads: dict[str, dict[str, Any]] | None,
+        next_cursor: str | None,
+        started: float,
+    ) -> SearchResponse:
+        """The response for one page: the page's hits with their full payloads."""
+        have = payloads or {}
+        missing = [h.id for h in page if h.id not in have]
+        if missing and isinstance(self.backend, Fetchable):
+            have = {**have, **self.backend.fetch(missing)}
+        hits = [h.model_copy(update={"payload": have.get(h.id, {})}) for h in page]
         return SearchResponse(
             hits=hits,
-            fusion=request.fusion,
-            fused_by=fused_by,  # type: ignore[arg-type]
+            fusion=frozen.fusion,
+            fused_by=frozen.fused_by,  # type: ignore[arg-type]
             took_ms=(time.perf_counter() - started) * 1000.0,
+            total=frozen.total,
+            facets=frozen.facets,
+            facets_stats=frozen.facets_stats,
+            facet_scope=frozen.facet_scope,
+            facets_count=frozen.facets_count,  # type: ignore[arg-type]
+            collapsed_by=frozen.collapsed_by,
+            rules_applied=frozen.rules_applied,
+            next_cursor=next_cursor,
         )
+
+    def _continue(self, request: SearchRequest, started: float) -> SearchResponse:
+        """The next page of a frozen ranking."""
+        if self.cursors is None:
+            raise InvalidQuery("this searcher keeps no cursors (cursors=None): page with 'offset' instead")
+        frozen, key, offset = self.cursors.load(request.cursor or "")
+        k = request.k if "k" in request.model_fields_set else frozen.k
+        end = offset + k
+        page = frozen.hits[offset:end]
+        next_cursor = self.cursors.token(key, end) if end < len(frozen.hits) else None
+        return self._respond(frozen, page, None, next_cursor, started)
+
+
+@dataclasses.dataclass
+class _Plan:
+    boosts: list[tuple[AnyBoost, str]]
+    window_fields: set[str]
+
+
+_TEXT_FIELDS = ("title", "caption", "description", "images")
+
+
+def _of(fields: Mapping[str, str], kind: str) -> str:
+    return ", ".join(sorted(name for name, k in fields.items() if k == kind)) or "none"
+
+
+def _stable(ranked: list[Ranked]) -> list[Ranked]:
+    """A signal's list with equal scores in document-id order (engines return ties in storage order)."""
+    return sorted(ranked, key=lambda r: (-r.score, r.id))

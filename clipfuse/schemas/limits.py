@@ -41,6 +41,28 @@ MAX_FILTERS = 32
 MAX_FILTER_VALUES = 256
 MAX_WEIGHT = 100.0
 MAX_RRF_K = 10_000.0
+#: fields a search may facet on, and values returned per keyword / bool facet
+MAX_FACETS = 16
+MAX_FACET_VALUES = 1_000
+#: payload fields a collapsed hit's variants may carry, and variants listed per hit
+MAX_VARIANT_FIELDS = 16
+MAX_VARIANTS = 100
+#: boosts per search, and the largest boost weight (either sign)
+MAX_BOOSTS = 16
+MAX_BOOST_WEIGHT = 1_000.0
+#: longest cursor token accepted (a real one is about 100 characters)
+MAX_CURSOR_CHARS = 512
+
+# merchandising rules (a rules file)
+MAX_RULES = 1_000
+MAX_RULE_ID_CHARS = 128
+MAX_RULE_PATTERN_CHARS = 256
+MAX_RULE_PATTERNS = 64
+MAX_PINS_PER_RULE = 100
+MAX_HIDDEN_PER_RULE = 1_000
+MAX_PIN_POSITION = 1_000
+#: a rules file larger than this is refused before it is parsed
+MAX_RULES_FILE_BYTES = 4 * 1024 * 1024
 
 # defaults for operator-controlled limits (see clipfuse.settings.ImageSettings)
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -13,15 +14,30 @@ from clipfuse.schemas import limits as L
 from clipfuse.schemas.documents import ImageSource, Scalar
 
 __all__ = [
+    "Boost",
+    "BoostExplanation",
+    "Collapse",
+    "DecayBoost",
+    "Explanation",
+    "FacetScope",
+    "FacetStats",
+    "FieldBoost",
     "FieldType",
+    "FilterBoost",
     "FilterCondition",
     "FilterOp",
     "FusionMethod",
     "Hit",
     "SearchRequest",
     "SearchResponse",
+    "SignalExplanation",
     "SignalScores",
+    "Total",
+    "Variant",
     "Weights",
+    "parse_boost",
+    "parse_date",
+    "parse_duration",
     "parse_filter",
 ]
 
@@ -31,6 +47,12 @@ FieldType = Literal["keyword", "number", "bool"]
 SIGNALS: tuple[str, ...] = ("image", "text", "bm25")
 
 Weight = Annotated[float, Field(ge=0.0, le=L.MAX_WEIGHT, allow_inf_nan=False)]
+FieldName = Annotated[str, Field(min_length=1, max_length=L.MAX_ATTRIBUTE_NAME_CHARS)]
+FacetScope = Literal["window", "matches"]
+BoostFunction = Literal["log1p", "sqrt", "linear"]
+DecayFunction = Literal["gauss", "exp", "linear"]
+BoostWeight = Annotated[float, Field(ge=-L.MAX_BOOST_WEIGHT, le=L.MAX_BOOST_WEIGHT, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class _Model(BaseModel):
@@ -131,6 +153,210 @@ def parse_filter(expression: str) -> FilterCondition:
         raise InvalidQuery(f"filter {expression!r}: {e}") from None
 
 
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def parse_date(text: str) -> float | None:
+    """An ISO-8601 date or datetime as epoch seconds (UTC when no zone is given); None if it is not one."""
+    text = text.strip()
+    if not _DATE_RE.match(text):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_DURATION_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"30d"`` -> seconds. Units as in Elasticsearch's date math: ``ms s m h d w``."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(
+            f"cannot read duration {text[:40]!r}: write a number and a unit (ms, s, m, h, d, w), e.g. '30d'"
+        )
+    return float(match.group(1)) * _DURATION_S[match.group(2)]
+
+
+class Collapse(_Model):
+    """One hit per value of a keyword ``field`` (a product's ``group_id``), its other documents as variants.
+
+    The best-ranked document of a group is the hit; the group's other documents in
+    the candidate window are listed in ``hit.variants`` (best first, at most
+    ``max_variants``) with the payload ``fields`` asked for. Documents without a
+    value for the field stand alone. Collapsing happens before paging.
+    """
+
+    field: FieldName
+    fields: Annotated[list[FieldName], Field(max_length=L.MAX_VARIANT_FIELDS)] = []
+    max_variants: Annotated[int, Field(ge=0, le=L.MAX_VARIANTS)] = 10
+
+
+class FieldBoost(_Model):
+    """Adds ``weight * function(value)`` of a number field (``missing`` when a document lacks it).
+
+    ``log1p``: ``ln(1 + max(x, 0))``; ``sqrt``: ``sqrt(max(x, 0))``; ``linear``: ``x``.
+    """
+
+    type: Literal["field"]
+    field: FieldName
+    function: BoostFunction = "linear"
+    weight: BoostWeight = 1.0
+    missing: Finite = 0.0
+
+    @property
+    def label(self) -> str:
+        inner = self.field if self.function == "linear" else f"{self.function}({self.field})"
+        return f"{inner} * {self.weight:g}"
+
+
+class FilterBoost(_Model):
+    """Adds ``weight`` to every document matching all ``filters`` (``in_stock=true`` +0.1); negative buries."""
+
+    type: Literal["filter"]
+    filters: Annotated[list[FilterCondition], Field(min_length=1, max_length=L.MAX_FILTERS)]
+    weight: BoostWeight
+
+    @property
+    def label(self) -> str:
+        conditions = " and ".join(f"{c.field} {c.op} {c.value}" for c in self.filters)
+        return f"{conditions}: {self.weight:+g}"
+
+
+class DecayBoost(_Model):
+    """Adds ``weight * decay(value)``: Elasticsearch's ``function_score`` decay functions, same names and formulas.
+
+    With ``d = max(0, |value - origin| - offset)``:
+    ``gauss``: ``exp(-d**2 / (2 * sigma**2))``, ``sigma**2 = -scale**2 / (2 * ln(decay))``;
+    ``exp``: ``exp(ln(decay) / scale * d)``; ``linear``: ``max(0, (s - d) / s)``, ``s = scale / (1 - decay)``.
+    So a document ``offset + scale`` away from ``origin`` scores ``decay``. Qdrant's
+    ``GaussDecayExpression`` / ``ExpDecayExpression`` / ``LinDecayExpression`` with
+    ``target = origin`` and ``midpoint = decay`` are the same functions with ``offset = 0``.
+
+    Number fields: ``origin``, ``scale``, ``offset`` are numbers. Date fields (ISO-8601
+    dates or datetimes, as ``created_at``): ``origin`` is an ISO date or ``"now"``,
+    ``scale`` / ``offset`` durations (``"30d"``, ``"12h"``). A document without the
+    field scores ``missing`` (1.0, as in Elasticsearch).
+    """
+
+    type: Literal["decay"]
+    field: FieldName
+    function: DecayFunction = "gauss"
+    origin: Finite | Annotated[str, Field(min_length=1, max_length=64)]
+    scale: Finite | Annotated[str, Field(min_length=1, max_length=32)]
+    offset: Finite | Annotated[str, Field(min_length=1, max_length=32)] = 0.0
+    decay: Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = 0.5
+    weight: BoostWeight = 1.0
+    missing: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 1.0
+
+    @property
+    def on_dates(self) -> bool:
+        return isinstance(self.origin, str)
+
+    @model_validator(mode="after")
+    def _units(self) -> DecayBoost:
+        where = f"decay boost on {self.field!r}"
+        if self.on_dates:
+            if self.origin != "now" and parse_date(str(self.origin)) is None:
+                raise ValueError(f"{where}: origin {self.origin!r} is neither a number, an ISO date nor 'now'")
+            for name in ("scale", "offset"):
+                value = getattr(self, name)
+                if isinstance(value, str):
+                    parse_duration(value)
+                elif not (name == "offset" and value == 0):
+                    raise ValueError(f"{where}: on a date field, {name} is a duration such as '30d', not {value!r}")
+        else:
+            for name in ("scale", "offset"):
+                if isinstance(getattr(self, name), str):
+                    raise ValueError(
+                        f"{where}: with a number origin, {name} must be a number (durations are for dates)"
+                    )
+        if self.scale_value <= 0:
+            raise ValueError(
+                f"{where}: scale must be greater than 0 (got {self.scale!r}); it is the distance at which the score is 'decay'"
+            )
+        if self.offset_value < 0:
+            raise ValueError(f"{where}: offset must be >= 0 (got {self.offset!r})")
+        return self
+
+    @property
+    def scale_value(self) -> float:
+        return parse_duration(self.scale) if isinstance(self.scale, str) else float(self.scale)
+
+    @property
+    def offset_value(self) -> float:
+        return parse_duration(self.offset) if isinstance(self.offset, str) else float(self.offset)
+
+    @property
+    def label(self) -> str:
+        return f"{self.function}({self.field}, origin={self.origin}, scale={self.scale}) * {self.weight:g}"
+
+
+Boost = Annotated[FieldBoost | FilterBoost | DecayBoost, Field(discriminator="type")]
+
+_FIELD_BOOST_RE = re.compile(
+    r"^\s*(?:(log1p|sqrt|linear)\(\s*([A-Za-z_][\w\-]*)\s*\)|([A-Za-z_][\w\-]*))\s*(?:\*\s*(\S+))?\s*$"
+)
+_DECAY_RE = re.compile(r"^\s*(gauss|exp|linear)\(\s*([A-Za-z_][\w\-]*)\s*,(.*)\)\s*(?:\*\s*(\S+))?\s*$", re.S)
+
+
+def _number_or_text(text: str) -> float | str:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
+
+
+def parse_boost(expression: str) -> FieldBoost | FilterBoost | DecayBoost:
+    """The CLI's boost language.
+
+    - ``log1p(popularity)*0.1``, ``sqrt(rating)*0.2``, ``margin*0.01`` (linear): a number field;
+    - ``in_stock=true:+0.1``, ``brand=Acme:-0.2`` (a filter, then ``:`` and the weight);
+    - ``gauss(created_at, origin=now, scale=30d, offset=7d, decay=0.5)*0.2``,
+      ``exp(price, origin=50, scale=20)*0.1``: a decay.
+    """
+    text = expression.strip()
+    try:
+        decay = _DECAY_RE.match(text)
+        if decay:
+            function, field, args, weight = decay.groups()
+            params: dict[str, Any] = {}
+            for part in args.split(","):
+                if not part.strip():
+                    continue
+                name, sep, value = part.partition("=")
+                if not sep or name.strip() not in ("origin", "scale", "offset", "decay", "missing"):
+                    raise InvalidQuery(
+                        f"boost {expression[:100]!r}: cannot read {part.strip()!r}; write origin=..., scale=..., "
+                        "offset=..., decay=..."
+                    )
+                params[name.strip()] = _number_or_text(value.strip())
+            return DecayBoost(type="decay", field=field, function=function, weight=float(weight or 1.0), **params)
+        if ":" in text and any(op in text.rsplit(":", 1)[0] for op in "=<>"):
+            condition, _, weight = text.rpartition(":")
+            filters = [parse_filter(part) for part in condition.split("&") if part.strip()]
+            return FilterBoost(type="filter", filters=filters, weight=float(weight))
+        field_boost = _FIELD_BOOST_RE.match(text)
+        if field_boost:
+            function, inner, plain, weight = field_boost.groups()
+            return FieldBoost(
+                type="field", field=inner or plain, function=function or "linear", weight=float(weight or 1.0)
+            )
+    except ValueError as e:
+        raise InvalidQuery(f"boost {expression[:100]!r}: {str(e).removeprefix('Value error, ')}") from None
+    raise InvalidQuery(
+        f"cannot read boost {expression[:100]!r}: write 'log1p(popularity)*0.1', 'in_stock=true:+0.1' or "
+        "'gauss(created_at, origin=now, scale=30d)*0.2'"
+    )
+
+
 class SearchRequest(_Model):
     """A hybrid search: text, an image, or an image plus a modifier text.
 
@@ -156,6 +382,32 @@ class SearchRequest(_Model):
     offset: Annotated[int, Field(ge=0, le=L.MAX_OFFSET)] = 0
     #: how many candidates each signal retrieves before fusion (default: max(100, 2 * (k + offset)))
     candidates: Annotated[int, Field(ge=1, le=L.MAX_CANDIDATES)] | None = None
+    #: fields to count: keyword / bool fields give value counts, number fields min / max / avg / sum
+    facets: Annotated[list[FieldName], Field(max_length=L.MAX_FACETS)] = []
+    max_values_per_facet: Annotated[int, Field(ge=1, le=L.MAX_FACET_VALUES)] = 10
+    #: what facets count: the fused candidate window (what the shopper can page through) or every
+    #: document that passes the filters and matches the query's keywords
+    facet_scope: FacetScope = "window"
+    #: one hit per value of this keyword field (``"group_id"`` or ``{"field": ..., "fields": [...]}``)
+    collapse: Collapse | None = None
+    #: business boosts added to the window-normalised fused score, before paging
+    boosts: Annotated[list[Boost], Field(max_length=L.MAX_BOOSTS)] = []
+    #: apply the merchandising rules the searcher holds (off: the organic ranking, e.g. to preview)
+    rules: bool = True
+    #: ``next_cursor`` of a previous response: the next page of that frozen ranking (only ``k`` may change)
+    cursor: Annotated[str, Field(min_length=1, max_length=L.MAX_CURSOR_CHARS)] | None = None
+
+    @field_validator("collapse", mode="before")
+    @classmethod
+    def _collapse_shorthand(cls, value: Any) -> Any:
+        return {"field": value} if isinstance(value, str) else value
+
+    @field_validator("facets")
+    @classmethod
+    def _unique_facets(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("facets: each field once")
+        return value
 
     @field_validator("text")
     @classmethod
@@ -164,6 +416,14 @@ class SearchRequest(_Model):
 
     @model_validator(mode="after")
     def _needs_query(self) -> SearchRequest:
+        if self.cursor is not None:
+            extra = sorted(self.model_fields_set - {"cursor", "k"})
+            if extra:
+                raise ValueError(
+                    f"a cursor request takes only 'cursor' and 'k' (the query, filters, boosts and collapse are "
+                    f"frozen in the cursor): drop {', '.join(extra)}"
+                )
+            return self
         if self.text is None and self.image is None:
             raise ValueError("a search needs a text, an image, or both; got neither")
         if self.weights.as_tuple() == (0.0, 0.0, 0.0):
@@ -178,6 +438,11 @@ class SearchRequest(_Model):
     def candidate_limit(self) -> int:
         return self.candidates if self.candidates is not None else max(100, 2 * (self.k + self.offset))
 
+    @property
+    def needs_window(self) -> bool:
+        """Whether the whole fused window is ranked here (boosts, collapse, facets), not only the page."""
+        return bool(self.facets or self.collapse is not None or self.boosts)
+
 
 class SignalScores(_Model):
     """Each signal's raw score for a hit (``None``: the hit was not in that signal's candidates)."""
@@ -187,6 +452,49 @@ class SignalScores(_Model):
     bm25: float | None = None
 
 
+class SignalExplanation(_Model):
+    """One signal's part in a hit's fused score."""
+
+    #: the engine's raw score (cosine for image / text, BM25 for bm25)
+    raw: float
+    #: 1-based rank in that signal's candidates
+    rank: int
+    #: what it added to the fused score: ``1 / (rank / w + k)`` (rrf) or ``w * normalised score``
+    contribution: float
+
+
+class BoostExplanation(_Model):
+    """One boost's (or rule's) part in a hit's final score."""
+
+    boost: str
+    #: what the boost read: the field's value, 1.0 / 0.0 for a filter, the decay's value
+    value: float | None = None
+    contribution: float
+
+
+class Explanation(_Model):
+    """How a hit got its score: signals -> fused -> (normalised + boosts) -> final.
+
+    Without boosts, ``final == fused``. With boosts, the fused score is first
+    normalised to [0, 1] over the whole candidate window (``(s - min) / (max - min)``,
+    1.0 when all are equal) and ``final = normalised + sum(boost contributions)``.
+    """
+
+    signals: dict[str, SignalExplanation] = {}
+    fused: float
+    normalised: float | None = None
+    boosts: list[BoostExplanation] = []
+    final: float
+
+
+class Variant(_Model):
+    """Another document of a collapsed hit's group (another colour of the product)."""
+
+    id: str
+    score: float
+    payload: dict[str, Any] = {}
+
+
 class Hit(_Model):
     id: str
     rank: int
@@ -194,6 +502,29 @@ class Hit(_Model):
     signals: SignalScores = SignalScores()
     ranks: SignalScores = SignalScores()
     payload: dict[str, Any] = {}
+    explanation: Explanation | None = None
+    #: the id of the merchandising rule that pinned or moved this hit
+    rule: str | None = None
+    #: with ``collapse``: the group value, and the group's other documents in the window
+    group: str | None = None
+    variants: list[Variant] = []
+
+
+class FacetStats(_Model):
+    """A number facet over the counted set: documents with a value, and their min / max / avg / sum."""
+
+    count: int
+    min: float
+    max: float
+    avg: float
+    sum: float
+
+
+class Total(_Model):
+    """How many results there are: exactly (``eq``) or at least (``gte``), as Elasticsearch reports it."""
+
+    value: int
+    relation: Literal["eq", "gte"]
 
 
 class SearchResponse(_Model):
@@ -201,3 +532,17 @@ class SearchResponse(_Model):
     fusion: FusionMethod
     fused_by: Literal["engine", "client"]
     took_ms: float
+    #: results in the counted set (groups when collapsed); ``gte`` when a signal's candidate list was full
+    total: Total | None = None
+    #: keyword / bool facets: value -> count, most frequent first (ties: value order), at most max_values_per_facet
+    facets: dict[str, dict[str, int]] = {}
+    facets_stats: dict[str, FacetStats] = {}
+    #: the set facets and total count: "window" (the fused candidates) or "matches"
+    facet_scope: FacetScope | None = None
+    #: what one count is: a document, or (with collapse) a group
+    facets_count: Literal["documents", "groups"] | None = None
+    collapsed_by: str | None = None
+    #: ids of the merchandising rules that matched this query
+    rules_applied: list[str] = []
+    #: the next page of this same frozen ranking (pass it as ``cursor``); None on the last page
+    next_cursor: str | None = None

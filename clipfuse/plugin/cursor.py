@@ -1,0 +1,173 @@
+"""Cursors: a ranking frozen for a while, so page 2 continues exactly where page 1 ended.
+
+The first search stores its whole ranked window (ids, scores, explanations,
+variants, facets, total; payloads are read again per page) under a random key,
+for ``ttl_s`` seconds, and returns a token naming the key and the next offset,
+signed with HMAC-SHA256. A request with the token reads the frozen ranking and
+cuts the next page from it: no document repeats or goes missing across pages,
+even while the index changes. A token whose signature does not match (forged,
+edited, or from a service with another secret) or whose ranking has expired is
+an :class:`~clipfuse.errors.InvalidQuery` saying what to do.
+
+Stores: :class:`MemoryCursorStore` (one process: the embedded engine, the CLI) and
+:class:`RedisCursorStore` (the service and workers, shared by every instance; set
+the same secret on each, ``CLIPFUSE_SEARCH__CURSOR_SECRET``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from clipfuse.errors import InvalidQuery
+from clipfuse.schemas.search import FacetScope, FacetStats, FusionMethod, Hit, Total
+
+__all__ = [
+    "CursorCodec",
+    "CursorStore",
+    "FrozenRanking",
+    "MemoryCursorStore",
+    "RedisCursorStore",
+]
+
+_VERSION = "c1"
+
+
+class FrozenRanking(BaseModel):
+    """What a cursor keeps: the ranked hits (without payloads) and the response's window-wide parts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hits: list[Hit]
+    k: int
+    fusion: FusionMethod
+    fused_by: str
+    total: Total | None = None
+    facets: dict[str, dict[str, int]] = {}
+    facets_stats: dict[str, FacetStats] = {}
+    facet_scope: FacetScope | None = None
+    facets_count: str | None = None
+    collapsed_by: str | None = None
+    rules_applied: list[str] = []
+
+
+@runtime_checkable
+class CursorStore(Protocol):
+    def put(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    def get(self, key: str) -> bytes | None: ...
+
+
+class MemoryCursorStore:
+    """In-process store: at most ``max_entries`` rankings (the oldest go first), each for its TTL."""
+
+    def __init__(self, max_entries: int = 1_000) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic() + ttl_s, value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if item[0] < time.monotonic():
+                del self._items[key]
+                return None
+            return item[1]
+
+
+class RedisCursorStore:
+    """Redis store (``SET key value EX ttl``) over the caller's ``redis.Redis`` client."""
+
+    def __init__(self, client: Any, prefix: str = "clipfuse:cursor:") -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.client.set(self.prefix + key, value, px=max(1, int(ttl_s * 1000)))
+
+    def get(self, key: str) -> bytes | None:
+        value = self.client.get(self.prefix + key)
+        return bytes(value) if value is not None else None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class CursorCodec:
+    """Freezes rankings into a store and signs / checks the tokens that name them."""
+
+    def __init__(self, store: CursorStore, *, secret: bytes | str | None = None, ttl_s: float = 600.0) -> None:
+        if ttl_s <= 0:
+            raise ValueError("cursor ttl_s must be > 0")
+        self.store = store
+        self.ttl_s = ttl_s
+        if secret is None:
+            secret = secrets.token_bytes(32)  # one process: tokens from elsewhere are rejected as forged
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+
+    def _sign(self, body: str) -> str:
+        return _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest()[:18])
+
+    def token(self, key: str, offset: int) -> str:
+        body = f"{_VERSION}.{key}.{offset}"
+        return f"{body}.{self._sign(body)}"
+
+    def freeze(self, ranking: FrozenRanking) -> str:
+        """Store ``ranking``; returns its key."""
+        key = _b64(secrets.token_bytes(12))
+        self.store.put(key, zlib.compress(ranking.model_dump_json().encode(), 1), self.ttl_s)
+        return key
+
+    def read(self, token: str) -> tuple[str, int]:
+        """``(key, offset)`` of a token; :class:`InvalidQuery` if it is not one this codec signed."""
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != _VERSION:
+            raise InvalidQuery("cursor: not a clipfuse cursor; pass the 'next_cursor' of a previous response unchanged")
+        body = ".".join(parts[:3])
+        if not hmac.compare_digest(self._sign(body), parts[3]):
+            raise InvalidQuery(
+                "cursor: the signature does not match (edited, or made by a service with another cursor secret); "
+                "pass 'next_cursor' unchanged, or run the search again without a cursor"
+            )
+        try:
+            offset = int(parts[2])
+        except ValueError:
+            raise InvalidQuery("cursor: malformed offset") from None
+        return parts[1], offset
+
+    def load(self, token: str) -> tuple[FrozenRanking, str, int]:
+        """The frozen ranking a token names, its key and the offset of the page it asks for."""
+        key, offset = self.read(token)
+        raw = self.store.get(key)
+        if raw is None:
+            raise InvalidQuery(
+                f"cursor: the ranking it continues has expired (rankings are kept {self.ttl_s:g} s) or was made by "
+                "another process; run the search again without a cursor"
+            )
+        try:
+            return FrozenRanking.model_validate_json(zlib.decompress(raw)), key, offset
+        except (zlib.error, ValueError) as e:
+            raise InvalidQuery(f"cursor: the stored ranking cannot be read ({e}); run the search again") from None
