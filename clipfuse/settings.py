@@ -8,10 +8,11 @@ explicit objects. Example: ``CLIPFUSE_MODEL__NAME=ViT-B-16``,
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipfuse.errors import ConfigurationError
@@ -221,6 +222,9 @@ class WorkerSettings(BaseModel):
     )
 
 
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$")
+
+
 class ServiceSettings(BaseModel):
     """The HTTP search service (``clipfuse serve``).
 
@@ -254,8 +258,52 @@ class ServiceSettings(BaseModel):
     facet_max_values: int = Field(50, ge=1, le=1_000, description="values listed per keyword field")
     facet_ttl_s: float = Field(60.0, ge=0, le=86_400, description="seconds the filter values are cached")
     index_info_ttl_s: float = Field(30.0, ge=0, le=86_400, description="seconds the index's field list is cached")
-    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from a browser")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the API from a browser (a storefront's https://shop.example.com); "
+        "none by default; '*' allows any origin, never together with credentials",
+    )
+    cors_allow_credentials: bool = Field(
+        False, description="let browsers send cookies / HTTP auth cross-origin (not with '*'; search needs none)"
+    )
+    algolia_api_key: SecretStr | None = Field(
+        None,
+        description="search-only key the Algolia-compatible API (/1/indexes/...) requires in X-Algolia-API-Key "
+        "(header or query string); unset: open, like the native search API",
+    )
+    algolia_app_id: str | None = Field(
+        None, max_length=64, description="Application ID required in X-Algolia-Application-Id when set"
+    )
+    algolia_window: int = Field(
+        1000,
+        ge=1,
+        le=L.MAX_K,
+        description="ranked candidates per Algolia query: hits, pages, nbHits and facet counts come from this window",
+    )
+    algolia_distinct_field: str = Field(
+        "group_id", min_length=1, max_length=64, description="attribute Algolia's distinct collapses on"
+    )
     ui: bool = Field(True, description="serve the web search page at /")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN_RE.match(origin):
+                raise ValueError(
+                    f"CORS origin {origin!r} is not an origin: write scheme://host[:port] with no path, "
+                    "e.g. https://shop.example.com or http://localhost:3000"
+                )
+        return [o.rstrip("/") for o in origins]
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> ServiceSettings:
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError(
+                "CORS: '*' with credentials would let any site act as a logged-in user; list the storefront "
+                "origins in CLIPFUSE_SERVICE__CORS_ORIGINS or turn CLIPFUSE_SERVICE__CORS_ALLOW_CREDENTIALS off"
+            )
+        return self
 
 
 class Settings(BaseSettings):

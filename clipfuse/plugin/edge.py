@@ -51,6 +51,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from clipfuse.errors import BackendError, ConfigurationError, StoreLocked
+from clipfuse.plugin.filters import unsupported_tree
 from clipfuse.plugin.fusion import Ranked, fuse, qdrant_rrf_k
 from clipfuse.plugin.protocol import (
     POINT_NAMESPACE,
@@ -186,6 +187,8 @@ def build_edge_requests(
     payloads of the hits (with ``window_fields``: only those fields and ``doc_id``, for the
     whole window; the searcher reads the page's full payloads afterwards).
     """
+    if query.where is not None:
+        raise unsupported_tree("Qdrant Edge")
     flt = build_edge_filter(query.filters)
     requests = [
         qe.QueryRequest(limit=query.candidates, query=_query_vector(r), filter=flt, params=params, with_payload=False)

@@ -49,7 +49,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError, InvalidQuery
 from clipfuse.plugin.fusion import Ranked
 from clipfuse.plugin.protocol import BackendResult, HybridQuery, IndexedDocument, IndexInfo, Retriever
-from clipfuse.schemas import FieldType, FilterCondition
+from clipfuse.schemas import FieldType, FilterCondition, FilterExpr, FilterGroup
 
 __all__ = [
     "BM25_FIELDS",
@@ -60,6 +60,7 @@ __all__ = [
     "build_bulk_actions",
     "build_bulk_delete_actions",
     "build_filter",
+    "build_filter_tree",
     "build_index_body",
     "build_mget",
     "build_msearch",
@@ -290,13 +291,14 @@ def _clause(c: FilterCondition) -> tuple[dict[str, Any], bool]:
     return {"term": {c.field: c.value}}, c.op == "ne"
 
 
-def build_filter(filters: Sequence[FilterCondition]) -> list[dict[str, Any]]:
+def build_filter(filters: Sequence[FilterCondition], where: FilterGroup | None = None) -> list[dict[str, Any]]:
     """Checked filters (see :func:`clipfuse.plugin.filters.resolve_filters`) as a list of filter clauses.
 
     ``eq`` -> ``term``, ``in`` -> ``terms``, ``lt``/``lte``/``gt``/``gte`` -> ``range``;
     ``ne`` / ``nin`` go into one trailing ``{"bool": {"must_not": [...]}}`` (a document
     without the field passes them, as in Qdrant). Empty list: no filter. The list is
-    what ``knn.filter`` and ``bool.filter`` take.
+    what ``knn.filter`` and ``bool.filter`` take. ``where`` (a filter tree) is one more
+    clause: :func:`build_filter_tree`.
     """
     positive: list[dict[str, Any]] = []
     negative: list[dict[str, Any]] = []
@@ -305,7 +307,30 @@ def build_filter(filters: Sequence[FilterCondition]) -> list[dict[str, Any]]:
         (negative if negated else positive).append(clause)
     if negative:
         positive.append({"bool": {"must_not": negative}})
+    if where is not None:
+        positive.append(build_filter_tree(where))
     return positive
+
+
+def _expr_clause(expr: FilterExpr) -> dict[str, Any]:
+    if isinstance(expr, FilterGroup):
+        return build_filter_tree(expr)
+    clause, negated = _clause(expr)
+    return {"bool": {"must_not": [clause]}} if negated else clause
+
+
+def build_filter_tree(tree: FilterGroup) -> dict[str, Any]:
+    """A checked filter tree as one ``bool`` clause: ``all`` -> ``filter``, ``any`` -> ``should``
+    (``minimum_should_match: 1``), ``none`` -> ``must_not``; nested groups nest."""
+    node: dict[str, Any] = {}
+    if tree.all:
+        node["filter"] = [_expr_clause(e) for e in tree.all]
+    if tree.any:
+        node["should"] = [_expr_clause(e) for e in tree.any]
+        node["minimum_should_match"] = 1
+    if tree.none:
+        node["must_not"] = [_expr_clause(e) for e in tree.none]
+    return {"bool": node}
 
 
 def _window(query: HybridQuery) -> int:
@@ -362,7 +387,7 @@ def build_msearch(query: HybridQuery, index: str) -> list[dict[str, Any]]:
     of the query text over :data:`BM25_FIELDS` with the same filter in ``bool.filter``.
     """
     k = _window(query)
-    flt = build_filter(query.filters)
+    flt = build_filter(query.filters, query.where)
     searches: list[dict[str, Any]] = []
     for r in query.retrievers:
         body: dict[str, Any] = {"query": _bm25_query(r, flt)} if r.signal == "bm25" else {"knn": _knn_clause(r, k, flt)}
@@ -417,7 +442,7 @@ def build_retriever_search(query: HybridQuery, index: str | None = None) -> dict
     if server_fusion_unsupported_reason(query) is not None:
         return None
     k = _window(query)
-    flt = build_filter(query.filters)
+    flt = build_filter(query.filters, query.where)
     children: list[dict[str, Any]] = []
     for r in query.retrievers:
         if r.signal == "bm25":

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from clipfuse.errors import InvalidQuery
-from clipfuse.schemas import AttributeValue, FieldType, FilterCondition, Scalar
+from clipfuse.schemas import AttributeValue, FieldType, FilterCondition, FilterExpr, FilterGroup, Scalar
 
-__all__ = ["field_type_of", "infer_field_types", "resolve_filters"]
+__all__ = ["field_type_of", "infer_field_types", "resolve_filter_tree", "resolve_filters", "unsupported_tree"]
 
 
 def field_type_of(value: AttributeValue) -> FieldType:
@@ -73,6 +73,34 @@ def resolve_filters(filters: Sequence[FilterCondition], fields: Mapping[str, Fie
             value = _coerce(condition.field, kind, condition.value)
         out.append(FilterCondition(field=condition.field, op=condition.op, value=value))
     return tuple(out)
+
+
+def resolve_filter_tree(tree: FilterGroup | None, fields: Mapping[str, FieldType]) -> FilterGroup | None:
+    """:func:`resolve_filters` on every condition of a filter tree (``SearchRequest.where``)."""
+    if tree is None:
+        return None
+
+    def resolve(items: Sequence[FilterExpr]) -> list[FilterExpr]:
+        out: list[FilterExpr] = []
+        for item in items:
+            if isinstance(item, FilterCondition):
+                out.extend(resolve_filters([item], fields))
+            else:
+                resolved = resolve_filter_tree(item, fields)
+                assert resolved is not None
+                out.append(resolved)
+        return out
+
+    return FilterGroup(all=resolve(tree.all), any=resolve(tree.any), none=resolve(tree.none))
+
+
+def unsupported_tree(engine: str) -> InvalidQuery:
+    """The error of an engine that cannot translate a filter tree yet."""
+    return InvalidQuery(
+        f"the {engine} backend does not translate filter trees (cross-field OR, NOT of a group) yet: "
+        "write the filter as an AND of conditions (an OR inside one field is fine: color:red OR color:blue), "
+        "or use the Elasticsearch backend"
+    )
 
 
 def merge_field_types(known: Mapping[str, FieldType], new: Iterable[tuple[str, FieldType]]) -> dict[str, FieldType]:

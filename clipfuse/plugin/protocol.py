@@ -19,7 +19,7 @@ import numpy as np
 
 from clipfuse.plugin.bm25 import SparseVector
 from clipfuse.plugin.fusion import Ranked
-from clipfuse.schemas import FieldType, FilterCondition, FusionMethod
+from clipfuse.schemas import FieldType, FilterCondition, FilterGroup, FusionMethod
 
 __all__ = [
     "POINT_NAMESPACE",
@@ -112,6 +112,8 @@ class HybridQuery:
     #: payload fields the searcher reads for *every* candidate (boosts, collapse, facets); None: the
     #: backend returns payloads of the top ``limit`` fused hits only, as before
     window_fields: tuple[str, ...] | None = None
+    #: a checked boolean filter tree, ANDed with ``filters`` (see :class:`clipfuse.schemas.FilterGroup`)
+    where: FilterGroup | None = None
 
 
 @dataclass(slots=True)

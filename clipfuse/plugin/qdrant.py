@@ -24,6 +24,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError
+from clipfuse.plugin.filters import unsupported_tree
 from clipfuse.plugin.fusion import Ranked, qdrant_rrf_k
 from clipfuse.plugin.protocol import BackendResult, HybridQuery, IndexedDocument, IndexInfo, Retriever, point_id
 from clipfuse.schemas import FieldType, FilterCondition
@@ -125,6 +126,8 @@ def native_fusion(query: HybridQuery) -> models.RrfQuery | models.FusionQuery | 
 
 def build_query_requests(query: HybridQuery) -> tuple[list[models.QueryRequest], bool]:
     """The batch of requests for one hybrid query; second item: whether the last one is Qdrant-fused."""
+    if query.where is not None:
+        raise unsupported_tree("Qdrant")
     flt = build_qdrant_filter(query.filters)
     requests = [
         models.QueryRequest(

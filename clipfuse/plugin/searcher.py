@@ -19,7 +19,7 @@ from clipfuse.plugin import ranking as ranking_steps
 from clipfuse.plugin import rules as _rules
 from clipfuse.plugin.bm25 import Bm25Encoder
 from clipfuse.plugin.cursor import CursorCodec, FrozenRanking, MemoryCursorStore
-from clipfuse.plugin.filters import resolve_filters
+from clipfuse.plugin.filters import resolve_filter_tree, resolve_filters
 from clipfuse.plugin.fusion import Ranked
 from clipfuse.plugin.protocol import Backend, Fetchable, HybridQuery, IndexInfo, Retriever
 from clipfuse.plugin.ranking import AnyBoost, Candidate
@@ -196,6 +196,7 @@ class HybridSearcher:
             limit=len(retrievers) * request.candidate_limit,
             candidates=request.candidate_limit,
             window_fields=tuple(sorted(plan.window_fields)),
+            where=resolve_filter_tree(request.where, info.fields),
         )
         return query, plan, matched
 

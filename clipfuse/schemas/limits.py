@@ -39,6 +39,9 @@ MAX_OFFSET = 10_000
 MAX_CANDIDATES = 10_000
 MAX_FILTERS = 32
 MAX_FILTER_VALUES = 256
+#: conditions in one filter tree (``SearchRequest.where``) and its nesting depth in groups
+MAX_FILTER_NODES = 256
+MAX_FILTER_DEPTH = 8
 MAX_WEIGHT = 100.0
 MAX_RRF_K = 10_000.0
 #: fields a search may facet on, and values returned per keyword / bool facet

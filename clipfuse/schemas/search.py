@@ -25,6 +25,8 @@ __all__ = [
     "FieldType",
     "FilterBoost",
     "FilterCondition",
+    "FilterExpr",
+    "FilterGroup",
     "FilterOp",
     "FusionMethod",
     "Hit",
@@ -97,6 +99,58 @@ class FilterCondition(_Model):
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError(f"filter on {self.field!r}: numbers must be finite")
         return self
+
+
+class FilterGroup(_Model):
+    """A boolean filter tree node: ``all`` of, ``any`` of and ``none`` of its items must hold.
+
+    The three lists are Qdrant's ``Filter(must, should, must_not)`` and Elasticsearch's
+    ``bool`` (``filter``, ``should`` with ``minimum_should_match: 1``, ``must_not``), so each
+    engine translates a node into one native node. An empty list puts no condition:
+    ``{"any": [a, b]}`` is ``a OR b``, ``{"none": [a]}`` is ``NOT a``, and a node holds when
+    its ``all`` items all hold, at least one ``any`` item holds (if there are any) and no
+    ``none`` item holds. Items are conditions or nested groups, at most
+    ``MAX_FILTER_DEPTH`` deep and ``MAX_FILTER_NODES`` conditions in all.
+
+    >>> FilterGroup(any=[FilterCondition(field="brand", value="Acme"),
+    ...                  FilterCondition(field="price", op="lt", value=20)])  # brand:Acme OR price < 20
+    """
+
+    all: Annotated[list[FilterExpr], Field(max_length=L.MAX_FILTER_NODES)] = []
+    any: Annotated[list[FilterExpr], Field(max_length=L.MAX_FILTER_NODES)] = []
+    none: Annotated[list[FilterExpr], Field(max_length=L.MAX_FILTER_NODES)] = []
+
+    @model_validator(mode="after")
+    def _bounded(self) -> FilterGroup:
+        if not (self.all or self.any or self.none):
+            raise ValueError("a filter group needs at least one item in 'all', 'any' or 'none'")
+        depth, nodes = _tree_size(self)
+        if depth > L.MAX_FILTER_DEPTH:
+            raise ValueError(f"filter tree is {depth} groups deep; at most MAX_FILTER_DEPTH={L.MAX_FILTER_DEPTH}")
+        if nodes > L.MAX_FILTER_NODES:
+            raise ValueError(f"filter tree has {nodes} conditions; at most MAX_FILTER_NODES={L.MAX_FILTER_NODES}")
+        return self
+
+    def children(self) -> list[FilterExpr]:
+        return [*self.all, *self.any, *self.none]
+
+
+#: a filter expression: one condition, or a group of expressions
+FilterExpr = FilterCondition | FilterGroup
+
+
+def _tree_size(expr: FilterExpr) -> tuple[int, int]:
+    """(depth in groups, number of conditions) of a filter expression."""
+    if isinstance(expr, FilterCondition):
+        return 0, 1
+    depth, nodes = 0, 0
+    for child in expr.children():
+        d, n = _tree_size(child)
+        depth, nodes = max(depth, d), nodes + n
+    return depth + 1, nodes
+
+
+FilterGroup.model_rebuild()
 
 
 _FILTER_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$", re.S)
@@ -378,6 +432,8 @@ class SearchRequest(_Model):
     rrf_k: Annotated[float, Field(ge=0.0, le=L.MAX_RRF_K, allow_inf_nan=False)] = 60.0
     compose_alpha: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.3
     filters: Annotated[list[FilterCondition], Field(max_length=L.MAX_FILTERS)] = []
+    #: a boolean filter tree (cross-field OR, NOT of a group), ANDed with ``filters``
+    where: FilterGroup | None = None
     k: Annotated[int, Field(ge=1, le=L.MAX_K)] = 10
     offset: Annotated[int, Field(ge=0, le=L.MAX_OFFSET)] = 0
     #: how many candidates each signal retrieves before fusion (default: max(100, 2 * (k + offset)))

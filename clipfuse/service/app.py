@@ -45,6 +45,7 @@ from clipfuse.errors import (
 from clipfuse.images import ImageLimits, ImageLoader
 from clipfuse.schemas import Document, Hit, ImageSource, SearchRequest, SearchResponse, Weights, parse_filter
 from clipfuse.schemas import limits as L
+from clipfuse.service.algolia_api import algolia_router
 from clipfuse.service.facets import Facets, compute_facets
 from clipfuse.service.limits import BodyLimitMiddleware
 from clipfuse.service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
@@ -506,7 +507,7 @@ def create_app(
     def limit_for(path: str) -> tuple[int, str]:
         if path.endswith("/search/image"):
             return conf.max_upload_bytes + _SMALL_BODY, "CLIPFUSE_SERVICE__MAX_UPLOAD_BYTES"
-        if path.endswith("/search"):
+        if path.endswith("/search") or path.startswith("/1/indexes/"):  # the Algolia API may carry clipfuseImage
             return conf.max_upload_bytes * 4 // 3 + _SMALL_BODY, "CLIPFUSE_SERVICE__MAX_UPLOAD_BYTES"
         if path.endswith("/documents") or "/documents/" in path:
             return conf.max_documents_body_bytes, "CLIPFUSE_SERVICE__MAX_DOCUMENTS_BODY_BYTES"
@@ -519,8 +520,10 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=conf.cors_origins,
+            allow_credentials=conf.cors_allow_credentials,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Content-Type", "X-API-Key"],
+            allow_headers=["Content-Type", "X-API-Key", "X-Algolia-API-Key", "X-Algolia-Application-Id"],
+            max_age=86400,
         )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
 
@@ -641,6 +644,8 @@ def create_app(
     @app.get("/api/facets", response_model=Facets, tags=["search"], summary="Filterable fields and their values")
     def facets() -> Facets:
         return service.facets()
+
+    app.include_router(algolia_router(service))
 
     # ingestion --------------------------------------------------------------------------
     @app.post(
