@@ -116,9 +116,9 @@ class FilterGroup(_Model):
     ...                  FilterCondition(field="price", op="lt", value=20)])  # brand:Acme OR price < 20
     """
 
-    all: Annotated[list[FilterExpr], Field(max_length=L.MAX_FILTER_NODES)] = []
-    any: Annotated[list[FilterExpr], Field(max_length=L.MAX_FILTER_NODES)] = []
-    none: Annotated[list[FilterExpr], Field(max_length=L.MAX_FILTER_NODES)] = []
+    all: list[FilterExpr] = []
+    any: list[FilterExpr] = []
+    none: list[FilterExpr] = []
 
     @model_validator(mode="after")
     def _bounded(self) -> FilterGroup:

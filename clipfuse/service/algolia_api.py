@@ -21,7 +21,7 @@ import hmac
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -232,7 +232,7 @@ def run_query(
     return answer
 
 
-def _answer(service: Service, entries: list[tuple[str, Mapping[str, Any]]], base_url: str) -> list[dict[str, Any]]:
+def _answer(service: Service, entries: Sequence[tuple[str, Mapping[str, Any]]], base_url: str) -> list[dict[str, Any]]:
     searcher = service.ready()
     dense = _Dense(searcher)
     outcome = "ok"
@@ -273,7 +273,7 @@ def algolia_router(service: Service) -> APIRouter:
         404: {"description": "an index this service does not serve"},
     }
 
-    async def answer(request: Request, entries: list[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    async def answer(request: Request, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
         return await run_in_threadpool(_answer, service, entries, str(request.base_url))
 
     @router.post(
