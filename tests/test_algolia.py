@@ -15,7 +15,6 @@ from clipfuse.plugin.filters import resolve_filter_tree, resolve_filters
 from clipfuse.schemas import FilterCondition, FilterExpr, FilterGroup, Hit, SearchRequest, SignalScores
 from clipfuse.service.algolia import (
     AlgoliaError,
-    count_facets,
     encode_params,
     facet_filters,
     facet_names,
@@ -360,24 +359,6 @@ def test_search_request_carries_the_tree_and_bounds_it() -> None:
 
 
 # -- facets -----------------------------------------------------------------------------------
-def test_facet_counts_and_stats_over_the_window() -> None:
-    payloads = [
-        {"brand": "Acme", "price": 10.0, "sizes": ["38", "39", "38"], "in_stock": True},
-        {"brand": "Bolt", "price": 30.0, "sizes": ["39"], "in_stock": False},
-        {"brand": "Acme", "price": 20, "in_stock": True},
-        {"price": None},
-    ]
-    facets, stats = count_facets(payloads, ["brand", "sizes", "in_stock", "price"], FIELDS, max_values=10)
-    assert facets["brand"] == {"Acme": 2, "Bolt": 1}
-    assert list(facets["brand"]) == ["Acme", "Bolt"]
-    assert facets["sizes"] == {"39": 2, "38": 1}  # a list attribute counts each value once per document
-    assert facets["in_stock"] == {"true": 2, "false": 1}
-    assert facets["price"] == {"10": 1, "20": 1, "30": 1}
-    assert stats == {"price": {"min": 10.0, "max": 30.0, "avg": 20.0, "sum": 60.0}}
-    top1, _ = count_facets(payloads, ["brand"], FIELDS, max_values=1)
-    assert top1 == {"brand": {"Acme": 2}}
-
-
 def test_facet_names_star_and_unknown() -> None:
     assert facet_names(["*"], FIELDS) == sorted(FIELDS)
     with pytest.raises(AlgoliaError, match=r"unknown attribute 'colour'.*brand, color"):

@@ -19,8 +19,8 @@ only move bytes.
   trees; :func:`split_filters` keeps what is a plain AND of conditions (an OR inside
   one field becomes ``in``) as ``SearchRequest.filters`` and only the rest as the
   ``SearchRequest.where`` tree.
-- Facets and ``facets_stats`` are counted over the candidate window the query ranked
-  (:func:`count_facets`); ``_highlightResult`` marks the query's words (:func:`highlight`).
+- ``_highlightResult`` marks the query's words (:func:`highlight`); facets, collapse
+  and totals are :class:`~clipfuse.plugin.HybridSearcher`'s own, over its candidate window.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode
@@ -44,7 +43,6 @@ __all__ = [
     "UNSUPPORTED",
     "AlgoliaError",
     "AlgoliaParams",
-    "count_facets",
     "facet_filters",
     "highlight",
     "numeric_filters",
@@ -655,37 +653,6 @@ def _facet_key(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-def count_facets(
-    payloads: Iterable[Mapping[str, Any]], names: Sequence[str], fields: Mapping[str, FieldType], max_values: int
-) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, float]]]:
-    """``facets`` (value -> count, most frequent first, ties by value) and ``facets_stats`` (number fields).
-
-    A list attribute counts each of its distinct values once per document.
-    """
-    counters: dict[str, Counter[str]] = {name: Counter() for name in names}
-    numbers: dict[str, list[float]] = {name: [] for name in names if fields.get(name) == "number"}
-    for payload in payloads:
-        for name in names:
-            raw = payload.get(name)
-            if raw is None:
-                continue
-            values = raw if isinstance(raw, list) else [raw]
-            seen = {_facet_key(v) for v in values if v is not None}
-            counters[name].update(seen)
-            if name in numbers:
-                numbers[name].extend(
-                    float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
-                )
-    facets = {
-        name: dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:max_values])
-        for name, counter in counters.items()
-    }
-    stats = {
-        name: {"min": min(v), "max": max(v), "avg": sum(v) / len(v), "sum": sum(v)} for name, v in numbers.items() if v
-    }
-    return facets, stats
 
 
 # -- hits --------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ Algolia parameters into one :class:`~clipfuse.schemas.SearchRequest` (see
 Algolia's shape, ``{"message": ..., "status": N}``, which the JavaScript clients show.
 
 How a query is answered: the searcher ranks a window of ``CLIPFUSE_SERVICE__ALGOLIA_WINDOW``
-candidates (1000) once; ``distinct`` collapses the window, facets and ``facets_stats``
-are counted over it (before distinct, as Algolia's ``facetingAfterDistinct: false``),
-``nbHits`` is its length, and ``page`` / ``hitsPerPage`` (or ``offset`` / ``length``) cut
-the page out of it, so pages of one query never overlap. An empty query (InstantSearch's
-first search) ranks every product that passes the filters by the model's embedding of
-the empty text, with keyword matching off.
+candidates per signal (1000), the same window for every page of a query, so pages cut
+one ranking and never overlap; ``distinct`` is the searcher's collapse (one hit per
+``group_id``), facets and ``facets_stats`` its window facets (groups when collapsed, as
+Algolia's ``facetingAfterDistinct: true``), ``nbHits`` its total. An empty query
+(InstantSearch's first search) ranks every product that passes the filters by the
+model's embedding of the empty text, with keyword matching off.
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from clipfuse.errors import BackendError, BackendUnavailable, ClipfuseError, InvalidDocument, InvalidQuery
-from clipfuse.schemas import Hit, ImageSource, SearchRequest, Weights
+from clipfuse.schemas import ImageSource, SearchRequest, Weights
 from clipfuse.service.algolia import (
     AlgoliaError,
     AlgoliaParams,
-    count_facets,
     encode_params,
     facet_names,
     filters_of,
@@ -101,7 +100,7 @@ def _image(value: str | None) -> ImageSource | None:
     return ImageSource(data=value)
 
 
-def _search_request(params: AlgoliaParams, window: int, fields: Mapping[str, Any]) -> tuple[SearchRequest, bool]:
+def _search_request(params: AlgoliaParams, extra: Mapping[str, Any]) -> tuple[SearchRequest, bool]:
     """The SearchRequest for one Algolia query; second item: whether it is a browse (no words, no image)."""
     filters, where = filters_of(params)
     weights = params.clipfuseWeights or Weights()
@@ -122,7 +121,7 @@ def _search_request(params: AlgoliaParams, window: int, fields: Mapping[str, Any
         "weights": weights,
         "filters": filters,
         "where": where,
-        "k": window,
+        **extra,
     }
     if params.clipfuseFusion is not None:
         fields_wanted["fusion"] = params.clipfuseFusion
@@ -130,22 +129,6 @@ def _search_request(params: AlgoliaParams, window: int, fields: Mapping[str, Any
         return SearchRequest.model_validate(fields_wanted), browse
     except ValidationError as e:
         raise AlgoliaError("; ".join(str(x["msg"]).removeprefix("Value error, ") for x in e.errors()[:3])) from None
-
-
-def _collapse(hits: list[Hit], field: str, keep: int) -> list[Hit]:
-    """At most ``keep`` hits per value of ``field``, best first; hits without the field stand alone."""
-    seen: dict[str, int] = {}
-    out = []
-    for hit in hits:
-        value = hit.payload.get(field)
-        if value is None or isinstance(value, list):
-            out.append(hit)
-            continue
-        key = json.dumps(value)
-        if seen.get(key, 0) < keep:
-            seen[key] = seen.get(key, 0) + 1
-            out.append(hit)
-    return out
 
 
 class _Dense:
@@ -180,27 +163,34 @@ def run_query(
     params = read_params(raw)
     info = searcher.index_info()
     facets = facet_names(params.facets, info.fields)
-    request, browse = _search_request(params, conf.algolia_window, info.fields)
-    if params.distinct_count:
-        field = params.clipfuseDistinctField or conf.algolia_distinct_field
-        if field not in info.fields:
-            raise AlgoliaError(
-                f"distinct: the index has no attribute {field!r} to collapse on; give clipfuseDistinctField or set "
-                "CLIPFUSE_SERVICE__ALGOLIA_DISTINCT_FIELD to a keyword attribute"
-            )
-    response = searcher.search(request, dense=dense.vector(request, browse))
-    window = list(response.hits)
-    exhaustive = len(window) < conf.algolia_window
-    facet_counts, stats = count_facets((h.payload for h in window), facets, info.fields, params.maxValuesPerFacet)
-    if params.distinct_count:
-        window = _collapse(window, params.clipfuseDistinctField or conf.algolia_distinct_field, params.distinct_count)
     per_page = params.hitsPerPage
     if params.offset is not None or params.length is not None:
         start = params.offset or 0
         size = params.length if params.length is not None else per_page
     else:
         start, size = params.page * per_page, per_page
-    page_hits = window[start : start + size]
+    window = conf.algolia_window
+    extra: dict[str, Any] = {
+        # the same window for every page of a query, so pages cut one ranking
+        "candidates": window,
+        "k": max(1, min(size, window)),
+        "offset": min(start, window),
+        "facets": facets,
+        "max_values_per_facet": params.maxValuesPerFacet,
+    }
+    if params.distinct_count:
+        if params.distinct_count > 1:
+            raise AlgoliaError("distinct above 1 is not supported: distinct=true shows one hit per group")
+        field = params.clipfuseDistinctField or conf.algolia_distinct_field
+        if field not in info.fields:
+            raise AlgoliaError(
+                f"distinct: the index has no attribute {field!r} to collapse on; give clipfuseDistinctField or set "
+                "CLIPFUSE_SERVICE__ALGOLIA_DISTINCT_FIELD to a keyword attribute"
+            )
+        extra["collapse"] = {"field": field}
+    request, browse = _search_request(params, extra)
+    response = searcher.search(request, dense=dense.vector(request, browse))
+    page_hits = [] if size == 0 or start >= window else list(response.hits)[:size]
     hits = []
     for hit in page_hits:
         record = dict(hit.payload)
@@ -208,7 +198,9 @@ def run_query(
         if url is not None:
             record["image_url"] = url if url.startswith(("http://", "https://")) else base_url.rstrip("/") + url
         hits.append(shape_hit(hit, params, record=record, fusion=response.fusion, fused_by=response.fused_by))
-    nb_hits = len(window)
+    total = response.total
+    nb_hits = total.value if total is not None else len(hits)
+    exhaustive = total is None or total.relation == "eq"
     answer: dict[str, Any] = {
         "hits": hits,
         "nbHits": nb_hits,
@@ -225,7 +217,11 @@ def run_query(
     if params.offset is not None or params.length is not None:
         answer["offset"], answer["length"] = start, size
     if facets:
-        answer["facets"] = facet_counts
+        # number fields have stats, not value lists; InstantSearch's range widgets read facets_stats
+        answer["facets"] = {name: dict(response.facets.get(name, {})) for name in facets}
+        stats = {
+            name: {"min": s.min, "max": s.max, "avg": s.avg, "sum": s.sum} for name, s in response.facets_stats.items()
+        }
         if stats:
             answer["facets_stats"] = stats
     answer["processingTimeMS"] = max(1, round((time.perf_counter() - started) * 1000))
