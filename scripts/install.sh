@@ -6,10 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null || ! command -v docker-compose >/dev/null; then
+if ! command -v chromium >/dev/null || ! command -v docker-compose >/dev/null || ! command -v npm >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "installing chromium and docker-compose from Debian"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose nodejs npm >/dev/null
   else
     echo "note: install Debian's chromium and docker-compose (as root: apt-get install -y chromium docker-compose);" \
       "the browser test fails without chromium and the compose check is skipped without docker-compose" >&2
@@ -18,5 +18,12 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+# the storefront browser test's front end: InstantSearch + algoliasearch from the npm registry,
+# pinned by tests/storefront/package-lock.json (node_modules is not committed)
+if command -v npm >/dev/null; then
+  (cd tests/storefront && npm ci --no-audit --no-fund --loglevel=error)
+else
+  echo "note: install Node.js and npm (apt-get install -y nodejs npm); the storefront test fails without them" >&2
+fi
 .venv/bin/python -c "import clipfuse, open_clip, qdrant_client"  # fail early if the install did not work
 echo "installed: .venv/bin/clipfuse demo runs the demo, .venv/bin/python -m pytest the tests"
