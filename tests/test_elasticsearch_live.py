@@ -12,6 +12,7 @@ BBQ), so no model is needed.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import uuid
@@ -240,3 +241,75 @@ def test_engine_fusion_equals_client_fusion(
     )
     assert [r.score for r in result.fused] == pytest.approx([f.score for f in client], rel=1e-4, abs=1e-5)
     assert {r.id for r in result.fused} == {f.id for f in client}
+
+
+# -- hybrid search around a shop's own _search body (the request-level cases of test_elasticsearch_shop.py) ------
+def _shop_catalog(es_client: Any, index_name: str) -> ElasticsearchBackend:
+    """Twelve products with Magento / Shopware / Sylius-like fields, a nested attribute list among them."""
+    backend = ElasticsearchBackend(es_client, index_name, vector_index_type="hnsw", refresh=True)
+    backend.ensure_schema(dim=DIM, model="live-model")
+    es_client.indices.put_mapping(index=index_name, properties={"attributes": {"type": "nested"}})
+    backend.register_fields(
+        {"brand": "keyword", "color": "keyword", "price": "number", "in_stock": "bool", "visibility": "number",
+         "enabled": "bool"}
+    )  # fmt: skip
+    docs = []
+    for i in range(12):
+        colour = ("red", "black", "blue")[i % 3]
+        kind = ("boots", "bag", "sneakers")[i % 3 if i < 9 else 0]
+        payload = {
+            "title": f"{colour} {kind} {i}",
+            "description": f"{('Acme', 'Bolt')[i % 2]} {colour} {kind}",
+            "brand": ("Acme", "Bolt")[i % 2],
+            "color": colour,
+            "price": 40.0 + 10 * i,
+            "in_stock": i % 4 != 3,
+            "visibility": (1, 3, 4)[i % 3],
+            "enabled": i != 5,
+            "attributes": [{"code": "size", "value": str(38 + i % 6)}],
+        }
+        vec = unit(*[1.0 if j == i % DIM else 0.1 for j in range(DIM)])
+        docs.append(IndexedDocument(id=f"p{i:02d}", payload=payload, image_vector=vec, text_vector=vec))
+    assert backend.upsert(docs) == {}
+    return backend
+
+
+def _shop_bodies() -> dict[str, dict[str, Any]]:
+    from test_elasticsearch_shop import MAGENTO, SHOPWARE, SYLIUS
+
+    sylius = copy.deepcopy(SYLIUS)
+    sylius["query"]["bool"]["must"][1]["nested"]["query"]["bool"]["filter"][1]["term"]["attributes.value"] = "40"
+    return {"magento": MAGENTO, "shopware": SHOPWARE, "sylius": sylius}
+
+
+def _passes(case: str, source: dict[str, Any]) -> bool:
+    if case == "magento":
+        return source["visibility"] in (3, 4) and source["in_stock"] is True and 50 <= source["price"] <= 150
+    if case == "shopware":
+        return source["color"] == "red"
+    return source["enabled"] is not False and any(
+        a["code"] == "size" and a["value"] == "40" for a in source["attributes"]
+    )
+
+
+@pytest.mark.parametrize("case", ["magento", "shopware", "sylius"])
+def test_shop_body_hybrid_search_on_a_real_cluster(es_client: Any, index_name: str, case: str) -> None:
+    from clipfuse.plugin.elasticsearch import hybrid_shop_search
+
+    _shop_catalog(es_client, index_name)
+    body = copy.deepcopy(_shop_bodies()[case])
+    body["_source"] = True  # every field, to check the filters on each hit
+    body["size"] = 12
+    plain = es_client.search(index=index_name, body={**body, "size": 100}).body
+    response = hybrid_shop_search(
+        es_client, index_name, body, vectors={"image": unit(1.0), "text": unit(0.0, 1.0)}, candidates=50
+    )
+    hits = response["hits"]["hits"]
+    assert hits, response
+    assert all(_passes(case, h["_source"]) for h in hits), [h["_source"] for h in hits]
+    # the shop's own matches are all in the fused ranking, with its aggregations as Elasticsearch computed them
+    assert {h["_id"] for h in plain["hits"]["hits"]} <= {h["_id"] for h in hits}
+    assert response.get("aggregations") == plain.get("aggregations")
+    assert all(set(h) == {"_index", "_id", "_score", "_source", "_clipfuse"} for h in hits)
+    scores = [h["_score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)

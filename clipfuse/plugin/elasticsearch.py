@@ -28,6 +28,7 @@ asserted in tests and sent by users themselves.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -65,8 +66,11 @@ __all__ = [
     "build_mget",
     "build_msearch",
     "build_retriever_search",
+    "build_shop_msearch",
+    "hybrid_shop_search",
     "open_elasticsearch_client",
     "server_fusion_unsupported_reason",
+    "shop_knn_filter",
 ]
 
 log = logging.getLogger(__name__)
@@ -465,6 +469,258 @@ def build_retriever_search(query: HybridQuery, index: str | None = None) -> dict
             }
         }
     return {"retriever": retriever, "size": size, "_source": _source_filter(), "track_total_hits": False}
+
+
+# -- hybrid search around the shop's own _search body -------------------------------------
+#: top-level keys of a shop's ``_search`` body the wrapper carries (others: InvalidQuery naming them)
+SHOP_BODY_KEYS = frozenset(
+    {"query", "aggs", "aggregations", "post_filter", "size", "from", "_source", "sort", "track_total_hits", "timeout"}
+)
+#: query types that restrict the result set without scoring it: carried to the kNN signals as filters
+_RESTRICTING = frozenset(
+    {"term", "terms", "range", "exists", "ids", "prefix", "wildcard", "regexp", "nested", "bool", "terms_set",
+     "geo_distance", "geo_bounding_box", "geo_shape", "match_none", "constant_score", "type"}
+)  # fmt: skip
+#: full-text query types: the shop's lexical signal (they score; they are not carried to kNN)
+_FULL_TEXT = frozenset(
+    {"match", "multi_match", "match_phrase", "match_phrase_prefix", "match_bool_prefix", "combined_fields",
+     "query_string", "simple_query_string", "match_all", "dis_max"}
+)  # fmt: skip
+
+
+def _query_type(clause: Any, where: str) -> str:
+    if not isinstance(clause, Mapping) or len(clause) != 1:
+        raise InvalidQuery(f"{where}: a query clause is an object with one query type, got {json.dumps(clause)[:120]}")
+    return str(next(iter(clause)))
+
+
+def _clauses(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [] if value is None else [value]
+
+
+def shop_knn_filter(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The filter clauses of a shop's ``_search`` body that must also filter the kNN signals.
+
+    From a top-level ``bool``: every ``filter`` and ``must_not`` clause, and ``must``
+    clauses that restrict without scoring (``term``, ``terms``, ``range``, ``nested``, ...);
+    ``must`` full-text clauses and ``should`` boosts are the lexical signal only. A
+    ``constant_score`` / ``function_score`` / ``script_score`` is unwrapped to its query.
+    ``post_filter`` filters the kNN signals too (it filters the shop's hits, not its
+    aggregations). Anything that cannot be split this way is an :class:`InvalidQuery`
+    naming the clause; pass ``knn_filter=[...]`` to :func:`hybrid_shop_search` then.
+    """
+    out: list[dict[str, Any]] = []
+    query = body.get("query")
+    where = "query"
+    while query is not None:
+        kind = _query_type(query, where)
+        inner = query[kind]
+        if kind in ("function_score", "script_score"):
+            query, where = inner.get("query"), f"{where}.{kind}.query"
+            continue
+        if kind == "constant_score":
+            out.append(dict(inner["filter"]))
+            break
+        if kind in _FULL_TEXT:
+            break
+        if kind in _RESTRICTING and kind != "bool":
+            out.append(dict(query))
+            break
+        if kind != "bool":
+            raise InvalidQuery(
+                f"{where}: clipfuse cannot split a {kind!r} query into the lexical signal and filters for the "
+                "kNN signals: wrap it in a bool (scoring clauses in must / should, restrictions in filter), or pass "
+                "knn_filter=[...] with the clauses the kNN signals must respect"
+            )
+        if inner.get("minimum_should_match") not in (None, 0, "0") and inner.get("should"):
+            raise InvalidQuery(
+                f"{where}.bool.minimum_should_match: 'should' clauses that must match restrict the result set, "
+                "and clipfuse cannot tell which of them the kNN signals must respect: pass knn_filter=[...], or "
+                "move the restriction into bool.filter"
+            )
+        for position, clause in enumerate(_clauses(inner.get("filter"))):
+            _query_type(clause, f"{where}.bool.filter[{position}]")
+            out.append(dict(clause))
+        negative = [dict(c) for c in _clauses(inner.get("must_not"))]
+        for position, clause in enumerate(_clauses(inner.get("must"))):
+            kind = _query_type(clause, f"{where}.bool.must[{position}]")
+            if kind in _RESTRICTING:
+                out.append(dict(clause))
+            elif kind not in _FULL_TEXT:
+                raise InvalidQuery(
+                    f"{where}.bool.must[{position}]: clipfuse cannot tell whether a {kind!r} clause restricts the "
+                    "results or only scores them: pass knn_filter=[...], or move a restriction into bool.filter"
+                )
+        if negative:
+            out.append({"bool": {"must_not": negative}})
+        break
+    post_filter = body.get("post_filter")
+    if post_filter is not None:
+        _query_type(post_filter, "post_filter")
+        out.append(dict(post_filter))
+    return out
+
+
+def _check_shop_body(body: Mapping[str, Any]) -> None:
+    if not isinstance(body, Mapping):
+        raise InvalidQuery(f"the shop's _search body must be an object, got {type(body).__name__}")
+    unknown = sorted(set(body) - SHOP_BODY_KEYS)
+    if unknown:
+        raise InvalidQuery(
+            f"the shop's _search body has {', '.join(unknown)}, which clipfuse cannot carry into a hybrid search "
+            f"(it carries {', '.join(sorted(SHOP_BODY_KEYS))}): drop them, or send that request to Elasticsearch "
+            "directly"
+        )
+    for key in ("size", "from"):
+        value = body.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidQuery(f"{key} must be a non-negative integer, got {value!r}")
+    if int(body.get("from", 0)) + int(body.get("size", 10)) > MAX_WINDOW:
+        raise InvalidQuery(f"from + size is over {MAX_WINDOW}: page with a smaller from")
+    for position, item in enumerate(_clauses(body.get("sort"))):
+        name = item if isinstance(item, str) else next(iter(item), None) if isinstance(item, Mapping) else None
+        order = item.get(name) if isinstance(item, Mapping) and name is not None else "desc"
+        if name != "_score" or order not in ("desc", {"order": "desc"}):
+            raise InvalidQuery(
+                f"sort[{position}]: a hybrid search ranks by the fused score; only sort on _score (descending) "
+                f"can be carried, got {json.dumps(item)[:120]}: drop the sort, or run sorted listings without clipfuse"
+            )
+
+
+def build_shop_msearch(
+    body: Mapping[str, Any],
+    vectors: Mapping[str, np.ndarray],
+    *,
+    index: str,
+    candidates: int,
+    knn_filter: Sequence[Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The ``msearch`` for a hybrid search around a shop's body: its own query first, then one kNN per vector.
+
+    The lexical search is the shop's body as sent (``query``, ``aggs``, ``post_filter``,
+    ``track_total_hits``) with ``from: 0`` and ``size`` = ``candidates``; its
+    aggregations are therefore computed on the shop's own query. Each kNN search
+    (``vectors``: ``{"image": v, "text": v}``, matched against ``image_vector`` /
+    ``text_vector``) carries :func:`shop_knn_filter` (or ``knn_filter``) in
+    ``knn.filter``. ``_source`` is the shop's, with the vector fields left out.
+    """
+    _check_shop_body(body)
+    k = max(1, min(int(candidates), MAX_WINDOW))
+    flt = [dict(c) for c in knn_filter] if knn_filter is not None else shop_knn_filter(body)
+    source: Any = body.get("_source", _source_filter())
+    if source is True or source is None:
+        source = _source_filter()
+    lexical: dict[str, Any] = {k_: v for k_, v in body.items() if k_ not in ("from", "size", "sort")}
+    lexical.update({"from": 0, "size": k, "_source": source})
+    if "query" not in lexical:
+        lexical["query"] = {"match_all": {}}
+    searches: list[dict[str, Any]] = [{"index": index}, lexical]
+    for signal in ("image", "text"):
+        vector = vectors.get(signal)
+        if vector is None:
+            continue
+        knn: dict[str, Any] = {
+            "field": _VECTOR_OF[signal],
+            "query_vector": _vector_list(vector),
+            "k": k,
+            "num_candidates": _num_candidates(k),
+        }
+        if flt:
+            knn["filter"] = flt
+        searches.extend([{"index": index}, {"knn": knn, "size": k, "_source": source, "track_total_hits": False}])
+    return searches
+
+
+def hybrid_shop_search(
+    client: Elasticsearch,
+    index: str,
+    body: Mapping[str, Any],
+    *,
+    vectors: Mapping[str, np.ndarray],
+    weights: Mapping[str, float] | None = None,
+    fusion_method: str = "rrf",
+    rrf_k: float = 60.0,
+    candidates: int = 100,
+    knn_filter: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Hybridise a shop's own ``_search`` body: its query is the lexical signal, kNN signals join it.
+
+    ``vectors``: the query's dense embedding per signal (``{"image": v, "text": v}``;
+    :meth:`clipfuse.plugin.HybridSearcher.hybridize` makes them from a text / an image).
+    ``weights``: per signal (``bm25`` is the shop's query). The answer has
+    Elasticsearch's own shape: ``hits.total`` (the fused candidates; ``gte`` when a
+    signal's candidate list was full), ``hits.hits[]`` with ``_index``, ``_id``,
+    ``_score`` (the fused score), ``_source`` and ``_clipfuse`` (each signal's raw
+    score and rank, the fused rank), paged by the body's ``from`` / ``size``, and the
+    shop's ``aggregations`` untouched, computed on its own query.
+    """
+    from clipfuse.plugin import fusion as fusion_module
+
+    searches = build_shop_msearch(body, vectors, index=index, candidates=candidates, knn_filter=knn_filter)
+    signals = ["bm25", *(s for s in ("image", "text") if vectors.get(s) is not None)]
+    chosen = {"bm25": 1.0, "image": 1.0, "text": 1.0, **(weights or {})}
+    with _errors(f"searching {index!r} with the shop's query"):
+        response = client.msearch(index=index, searches=searches)
+    items = list(response["responses"])
+    if len(items) != len(signals):
+        raise BackendError(f"Elasticsearch answered {len(items)} searches for {len(signals)} sent")
+    lists: list[list[Ranked]] = []
+    hits_of: dict[str, dict[str, Any]] = {}
+    for signal, item in zip(signals, items, strict=True):
+        _check_response(item, f"searching {index!r} ({signal})")
+        ranked = []
+        for hit in (item.get("hits") or {}).get("hits") or []:
+            doc_id = str(hit["_id"])
+            score = float(hit.get("_score") or 0.0)
+            ranked.append(Ranked(doc_id, score if signal == "bm25" else 2.0 * score - 1.0))
+            hits_of.setdefault(doc_id, hit)
+        lists.append(ranked)
+    fused = fusion_module.fuse(
+        fusion_method,  # type: ignore[arg-type]
+        lists,
+        k=rrf_k,
+        weights=[float(chosen[s]) for s in signals],
+    )
+    tables = [{r.id: (r.score, position) for position, r in enumerate(ranked, start=1)} for ranked in lists]
+    start, size = int(body.get("from", 0)), int(body.get("size", 10))
+    out_hits = []
+    for rank, item in enumerate(fused[start : start + size], start=start + 1):
+        original = hits_of[item.id]
+        source = dict(original.get("_source") or {})
+        for key in VECTOR_FIELDS:
+            source.pop(key, None)
+        explanation = {
+            "rank": rank,
+            "fusion": fusion_method,
+            "signals": {
+                signal: ({"score": table[item.id][0], "rank": table[item.id][1]} if item.id in table else None)
+                for signal, table in zip(signals, tables, strict=True)
+            },
+        }
+        out_hits.append(
+            {
+                "_index": original.get("_index", index),
+                "_id": item.id,
+                "_score": float(item.score),
+                "_source": source,
+                "_clipfuse": explanation,
+            }
+        )
+    lexical = items[0]
+    full = any(len(ranked) >= max(1, min(int(candidates), MAX_WINDOW)) for ranked in lists)
+    answer: dict[str, Any] = {
+        "took": int(response.get("took", lexical.get("took", 0))),
+        "timed_out": bool(lexical.get("timed_out", False)),
+        "_shards": lexical.get("_shards", {}),
+        "hits": {
+            "total": {"value": len(fused), "relation": "gte" if full else "eq"},
+            "max_score": out_hits[0]["_score"] if out_hits else None,
+            "hits": out_hits,
+        },
+    }
+    if "aggregations" in lexical:
+        answer["aggregations"] = lexical["aggregations"]
+    return answer
 
 
 # -- the client factory (the edge) ------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -199,6 +199,65 @@ class HybridSearcher:
             where=resolve_filter_tree(request.where, info.fields),
         )
         return query, plan, matched
+
+    # -- the shop's own Elasticsearch body ------------------------------------------------
+    def hybridize(
+        self,
+        body: Mapping[str, Any],
+        *,
+        text: str | None = None,
+        image: Any = None,
+        weights: Any = None,
+        fusion: str = "rrf",
+        rrf_k: float = 60.0,
+        compose_alpha: float | None = None,
+        candidates: int = 100,
+        knn_filter: Sequence[Mapping[str, Any]] | None = None,
+        dense: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Hybridise a shop's own Elasticsearch ``_search`` body (see
+        :func:`clipfuse.plugin.elasticsearch.hybrid_shop_search`): its query is the lexical
+        signal, the query ``text`` / ``image`` embedded here drive the kNN signals, filtered
+        by the body's filter clauses; the answer is in Elasticsearch's response shape.
+
+        >>> searcher.hybridize(shop_body, text="red leather boots")
+        """
+        from clipfuse.plugin.elasticsearch import ElasticsearchBackend, hybrid_shop_search
+
+        if not isinstance(self.backend, ElasticsearchBackend):
+            raise ConfigurationError(
+                f"hybridize() wraps an Elasticsearch _search body; this searcher's backend is {self.backend.name}"
+            )
+        if text is None and image is None and dense is None:
+            raise InvalidQuery(
+                "hybridize() needs the query text (or an image) to embed for the kNN signals: pass text=... "
+                "(the shop's query alone is a plain Elasticsearch search)"
+            )
+        fields: dict[str, Any] = {"text": text if text is not None else "*", "image": image, "fusion": fusion}
+        if weights is not None:
+            fields["weights"] = weights
+        if compose_alpha is not None:
+            fields["compose_alpha"] = compose_alpha
+        try:
+            request = SearchRequest.model_validate(fields)
+        except ValueError as e:
+            raise InvalidQuery(str(e)) from None
+        w = request.weights
+        vectors: dict[str, np.ndarray] = {}
+        if w.image > 0 or w.text > 0:
+            vector = dense if dense is not None else self.encode_query(request.model_copy(update={"text": text}))
+            vectors = {signal: vector for signal, weight in (("image", w.image), ("text", w.text)) if weight > 0}
+        return hybrid_shop_search(
+            self.backend.client,
+            self.backend.index,
+            body,
+            vectors=vectors,
+            weights={"bm25": w.bm25, "image": w.image, "text": w.text},
+            fusion_method=request.fusion,
+            rrf_k=rrf_k,
+            candidates=candidates,
+            knn_filter=knn_filter,
+        )
 
     # -- rules ----------------------------------------------------------------------
     def load_rules(self, rules: RuleSet | str | os.PathLike[str]) -> RuleSet:
