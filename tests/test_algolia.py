@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from clipfuse.plugin.elasticsearch import build_filter
 from clipfuse.plugin.filters import resolve_filter_tree, resolve_filters
+from clipfuse.plugin.ranking import payload_matches_tree
 from clipfuse.schemas import FilterCondition, FilterExpr, FilterGroup, Hit, SearchRequest, SignalScores
 from clipfuse.service.algolia import (
     AlgoliaError,
@@ -290,6 +291,8 @@ def test_parsed_filters_select_the_same_documents(tree: FilterExpr, spaces: str)
     where = resolve_filter_tree(where, FIELDS)
     for doc in _DOCS:
         assert holds(original, doc) == holds_split(conditions, where, doc), (text, doc)
+        # the searcher's own evaluation (pins fetched from outside the window) agrees
+        assert payload_matches_tree(doc, original) == holds(original, doc), (text, doc)  # type: ignore[arg-type]
 
 
 def _resolve(expr: FilterExpr) -> FilterExpr:

@@ -43,6 +43,7 @@ from clipfuse.schemas.search import (
     FieldBoost,
     FilterBoost,
     FilterCondition,
+    FilterGroup,
     FusionMethod,
     parse_date,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "minmax",
     "parse_date",
     "payload_matches",
+    "payload_matches_tree",
     "signal_contributions",
 ]
 
@@ -214,6 +216,23 @@ def _condition_holds(payload: Mapping[str, Any], c: FilterCondition) -> bool:
 def payload_matches(payload: Mapping[str, Any], conditions: Sequence[FilterCondition]) -> bool:
     """Whether a payload passes every (checked, typed) condition, with the engines' semantics."""
     return all(_condition_holds(payload, c) for c in conditions)
+
+
+def payload_matches_tree(payload: Mapping[str, Any], tree: FilterGroup | None) -> bool:
+    """Whether a payload passes a checked filter tree (``SearchRequest.where``); None passes."""
+    if tree is None:
+        return True
+
+    def holds(expr: FilterCondition | FilterGroup) -> bool:
+        if isinstance(expr, FilterGroup):
+            return payload_matches_tree(payload, expr)
+        return _condition_holds(payload, expr)
+
+    return (
+        all(holds(e) for e in tree.all)
+        and (not tree.any or any(holds(e) for e in tree.any))
+        and not any(holds(e) for e in tree.none)
+    )
 
 
 # --------------------------------------------------------------------------- boosts

@@ -465,7 +465,11 @@ class HybridSearcher:
             fetched = self.backend.fetch(outside)
             for doc in outside:
                 payload = fetched.get(doc)
-                if payload is not None and ranking_steps.payload_matches(payload, query.filters):
+                if (
+                    payload is not None
+                    and ranking_steps.payload_matches(payload, query.filters)
+                    and ranking_steps.payload_matches_tree(payload, query.where)
+                ):
                     payloads[doc] = payload
                     candidates.append(Candidate(id=doc, fused=0.0, score=0.0))
 
