@@ -227,7 +227,8 @@ def test_hybridize_needs_elasticsearch(qdrant_client: Any, collection_name: str)
         ({"query": {"bool": {"must": [{"script": {"script": "doc.x > 1"}}]}}}, "bool.must[0]"),
         ({"query": {"bool": {"should": [{"term": {"a": 1}}], "minimum_should_match": 1}}}, "minimum_should_match"),
         ({"query": {"match_all": {}}, "sort": [{"price": "asc"}]}, "sort[0]"),
-        ({"query": {"match_all": {}}, "collapse": {"field": "group_id"}}, "collapse"),
+        ({"query": {"match_all": {}}, "collapse": {"field": "group_id", "inner_hits": {"name": "v"}}}, "inner_hits"),
+        ({"query": {"match_all": {}}, "search_after": [1]}, "search_after"),
         ({"query": {"match_all": {}}, "size": -1}, "size"),
         ({"query": {"match_all": {}}, "from": 9999, "size": 10}, "from + size"),
         ({"query": {"bool": {"filter": ["not a clause"]}}}, "bool.filter[0]"),
@@ -251,3 +252,50 @@ def test_function_score_and_constant_score_are_unwrapped() -> None:
     wrapped = {"query": {"function_score": {"query": inner, "field_value_factor": {"field": "popularity"}}}}
     assert shop_knn_filter(wrapped) == [{"term": {"brand": "Acme"}}]
     assert shop_knn_filter({"query": {"constant_score": {"filter": {"term": {"a": 1}}}}}) == [{"term": {"a": 1}}]
+
+
+def variants_answer() -> dict[str, Any]:
+    """Two colours of one boot (group b1) and a bag; the lexical search and one kNN search."""
+    lexical = answer(
+        hit("b1-red", 9.0, title="Red boots", group_id="b1", in_stock=False),
+        hit("b1-black", 8.0, title="Black boots", group_id="b1", in_stock=True),
+        hit("bag", 1.0, title="Bag", group_id="g2", in_stock=True),
+        aggregations=AGGS,
+    )
+    knn_part = answer(hit("b1-red", 0.99, title="Red boots", group_id="b1", in_stock=False))
+    return {"took": 4, "responses": [lexical, knn_part]}
+
+
+def test_boosts_and_collapse_apply_to_the_fused_window_before_paging() -> None:
+    from tests.test_elasticsearch_requests import mapping_response
+
+    mapping = mapping_response(extra={"group_id": {"type": "keyword"}, "in_stock": {"type": "boolean"}})
+    cluster = FakeCluster(script=[(200, mapping), (200, variants_answer())])
+    searcher = HybridSearcher(ElasticsearchBackend(cluster.client(), INDEX))
+    body = {"query": {"match": {"title": "boots"}}, "size": 5, "_source": ["title"], "collapse": {"field": "group_id"}}
+    response = searcher.hybridize(
+        body, text="boots", dense=QVEC, weights={"image": 1.0, "text": 0.0, "bm25": 1.0}, boosts=["in_stock=true:+2"]
+    )
+    sent = cluster.calls[-1].body
+    assert sent[1]["_source"] == ["title", "group_id", "in_stock"]  # what collapse and the boost read
+    assert "collapse" not in sent[1]  # clipfuse collapses the fused ranking itself
+    hits = response["hits"]["hits"]
+    # the boost lifts the in-stock black boot over the red one; collapse keeps one boot, the bag stays alone
+    assert [h["_id"] for h in hits] == ["b1-black", "bag"]
+    assert hits[0]["fields"] == {"group_id": ["b1"]}
+    assert [v["_id"] for v in hits[0]["_clipfuse"]["variants"]] == ["b1-red"]
+    assert hits[0]["_clipfuse"]["boosts"][0]["contribution"] == 2.0
+    assert hits[0]["_source"] == {"title": "Black boots"}  # the fields clipfuse added are not shown
+    assert response["hits"]["total"] == {"value": 2, "relation": "eq"}
+    assert response["aggregations"] == AGGS
+
+
+def test_hybridize_checks_boost_and_collapse_fields() -> None:
+    from tests.test_elasticsearch_requests import fields_mapping
+
+    cluster = FakeCluster(script=[(200, fields_mapping())])
+    searcher = HybridSearcher(ElasticsearchBackend(cluster.client(), INDEX))
+    with pytest.raises(InvalidQuery, match="collapse"):
+        searcher.hybridize(SHOPWARE, text="x", dense=QVEC, collapse="group_id")
+    with pytest.raises(InvalidQuery, match="popularity"):
+        searcher.hybridize(SHOPWARE, text="x", dense=QVEC, boosts=["log1p(popularity)*0.1"])

@@ -474,7 +474,19 @@ def build_retriever_search(query: HybridQuery, index: str | None = None) -> dict
 # -- hybrid search around the shop's own _search body -------------------------------------
 #: top-level keys of a shop's ``_search`` body the wrapper carries (others: InvalidQuery naming them)
 SHOP_BODY_KEYS = frozenset(
-    {"query", "aggs", "aggregations", "post_filter", "size", "from", "_source", "sort", "track_total_hits", "timeout"}
+    {
+        "query",
+        "aggs",
+        "aggregations",
+        "post_filter",
+        "size",
+        "from",
+        "_source",
+        "sort",
+        "track_total_hits",
+        "timeout",
+        "collapse",
+    }
 )
 #: query types that restrict the result set without scoring it: carried to the kNN signals as filters
 _RESTRICTING = frozenset(
@@ -577,6 +589,12 @@ def _check_shop_body(body: Mapping[str, Any]) -> None:
             raise InvalidQuery(f"{key} must be a non-negative integer, got {value!r}")
     if int(body.get("from", 0)) + int(body.get("size", 10)) > MAX_WINDOW:
         raise InvalidQuery(f"from + size is over {MAX_WINDOW}: page with a smaller from")
+    collapse = body.get("collapse")
+    if collapse is not None and (not isinstance(collapse, Mapping) or set(collapse) != {"field"}):
+        raise InvalidQuery(
+            'collapse: clipfuse collapses the fused ranking itself and carries only {"field": ...}; '
+            f"got {json.dumps(collapse)[:120]} (inner_hits / max_concurrent_group_searches are not carried)"
+        )
     for position, item in enumerate(_clauses(body.get("sort"))):
         name = item if isinstance(item, str) else next(iter(item), None) if isinstance(item, Mapping) else None
         order = item.get(name) if isinstance(item, Mapping) and name is not None else "desc"
@@ -587,6 +605,22 @@ def _check_shop_body(body: Mapping[str, Any]) -> None:
             )
 
 
+def _with_fields(source: Any, fields: Sequence[str]) -> Any:
+    """A ``_source`` setting that also returns ``fields``."""
+    if not fields:
+        return source
+    if source is False:
+        return {"includes": list(fields)}
+    if isinstance(source, str):
+        source = [source]
+    if isinstance(source, list):
+        return [*source, *(f for f in fields if f not in source)]
+    if isinstance(source, Mapping) and source.get("includes"):
+        includes = _clauses(source["includes"])
+        return {**source, "includes": [*includes, *(f for f in fields if f not in includes)]}
+    return source
+
+
 def build_shop_msearch(
     body: Mapping[str, Any],
     vectors: Mapping[str, np.ndarray],
@@ -594,6 +628,7 @@ def build_shop_msearch(
     index: str,
     candidates: int,
     knn_filter: Sequence[Mapping[str, Any]] | None = None,
+    source_fields: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The ``msearch`` for a hybrid search around a shop's body: its own query first, then one kNN per vector.
 
@@ -602,7 +637,9 @@ def build_shop_msearch(
     aggregations are therefore computed on the shop's own query. Each kNN search
     (``vectors``: ``{"image": v, "text": v}``, matched against ``image_vector`` /
     ``text_vector``) carries :func:`shop_knn_filter` (or ``knn_filter``) in
-    ``knn.filter``. ``_source`` is the shop's, with the vector fields left out.
+    ``knn.filter``. ``_source`` is the shop's, with the vector fields left out and
+    ``source_fields`` (what boosts and collapse read) added when it lists fields. The
+    shop's ``collapse`` is not sent: clipfuse collapses the fused ranking.
     """
     _check_shop_body(body)
     k = max(1, min(int(candidates), MAX_WINDOW))
@@ -610,7 +647,8 @@ def build_shop_msearch(
     source: Any = body.get("_source", _source_filter())
     if source is True or source is None:
         source = _source_filter()
-    lexical: dict[str, Any] = {k_: v for k_, v in body.items() if k_ not in ("from", "size", "sort")}
+    source = _with_fields(source, source_fields)
+    lexical: dict[str, Any] = {k_: v for k_, v in body.items() if k_ not in ("from", "size", "sort", "collapse")}
     lexical.update({"from": 0, "size": k, "_source": source})
     if "query" not in lexical:
         lexical["query"] = {"match_all": {}}
@@ -642,6 +680,8 @@ def hybrid_shop_search(
     rrf_k: float = 60.0,
     candidates: int = 100,
     knn_filter: Sequence[Mapping[str, Any]] | None = None,
+    boosts: Sequence[tuple[Any, str]] = (),
+    collapse: str | None = None,
 ) -> dict[str, Any]:
     """Hybridise a shop's own ``_search`` body: its query is the lexical signal, kNN signals join it.
 
@@ -653,10 +693,31 @@ def hybrid_shop_search(
     ``_score`` (the fused score), ``_source`` and ``_clipfuse`` (each signal's raw
     score and rank, the fused rank), paged by the body's ``from`` / ``size``, and the
     shop's ``aggregations`` untouched, computed on its own query.
-    """
-    from clipfuse.plugin import fusion as fusion_module
 
-    searches = build_shop_msearch(body, vectors, index=index, candidates=candidates, knn_filter=knn_filter)
+    ``boosts``: checked ``(boost, label)`` pairs (:meth:`HybridSearcher.hybridize` checks
+    them against the index), applied to the window-normalised fused score as in
+    :meth:`HybridSearcher.search`. ``collapse`` (or the body's ``collapse.field``): one
+    hit per value of that field, before paging, with ``fields`` as Elasticsearch's
+    collapse returns it and the other documents of the group in ``_clipfuse.variants``.
+    """
+    from clipfuse.plugin import collapse as collapse_steps
+    from clipfuse.plugin import fusion as fusion_module
+    from clipfuse.plugin import ranking as ranking_steps
+
+    body_collapse = body.get("collapse") if isinstance(body, Mapping) else None
+    if collapse is None and isinstance(body_collapse, Mapping):
+        collapse = body_collapse.get("field")
+    read_fields: set[str] = {collapse} if collapse else set()
+    for boost, _label in boosts:
+        filters = getattr(boost, "filters", None)
+        if filters:
+            read_fields.update(c.field for c in filters)
+        else:
+            read_fields.add(boost.field)
+    read = sorted(read_fields)
+    searches = build_shop_msearch(
+        body, vectors, index=index, candidates=candidates, knn_filter=knn_filter, source_fields=read
+    )
     signals = ["bm25", *(s for s in ("image", "text") if vectors.get(s) is not None)]
     chosen = {"bm25": 1.0, "image": 1.0, "text": 1.0, **(weights or {})}
     with _errors(f"searching {index!r} with the shop's query"):
@@ -682,30 +743,45 @@ def hybrid_shop_search(
         weights=[float(chosen[s]) for s in signals],
     )
     tables = [{r.id: (r.score, position) for position, r in enumerate(ranked, start=1)} for ranked in lists]
+    payloads = {doc_id: dict(hit.get("_source") or {}) for doc_id, hit in hits_of.items()}
+    ranked_window = ranking_steps.apply_boosts([(f.id, f.score) for f in fused], payloads, list(boosts))
+    groups = (
+        collapse_steps.collapse(ranked_window, payloads, collapse)
+        if collapse
+        else collapse_steps.singletons(ranked_window)
+    )
+    added = set(read) - (set(_clauses(body.get("_source"))) if isinstance(body.get("_source"), (list, str)) else set())
+    strip = added if isinstance(body.get("_source"), (list, str)) or body.get("_source") is False else set()
     start, size = int(body.get("from", 0)), int(body.get("size", 10))
     out_hits = []
-    for rank, item in enumerate(fused[start : start + size], start=start + 1):
+    for rank, group in enumerate(groups[start : start + size], start=start + 1):
+        item = group.head
         original = hits_of[item.id]
-        source = dict(original.get("_source") or {})
-        for key in VECTOR_FIELDS:
-            source.pop(key, None)
-        explanation = {
+        source = {k: v for k, v in payloads[item.id].items() if k not in VECTOR_FIELDS and k not in strip}
+        explanation: dict[str, Any] = {
             "rank": rank,
             "fusion": fusion_method,
+            "fused": float(item.fused),
             "signals": {
                 signal: ({"score": table[item.id][0], "rank": table[item.id][1]} if item.id in table else None)
                 for signal, table in zip(signals, tables, strict=True)
             },
         }
-        out_hits.append(
-            {
-                "_index": original.get("_index", index),
-                "_id": item.id,
-                "_score": float(item.score),
-                "_source": source,
-                "_clipfuse": explanation,
-            }
-        )
+        if item.boosts:
+            explanation["normalised"] = item.normalised
+            explanation["boosts"] = [b.model_dump() for b in item.boosts]
+        out: dict[str, Any] = {
+            "_index": original.get("_index", index),
+            "_id": item.id,
+            "_score": float(item.score),
+            "_source": source,
+            "_clipfuse": explanation,
+        }
+        if collapse:
+            value = payloads[item.id].get(collapse)
+            out["fields"] = {collapse: [value]} if value is not None else {}
+            explanation["variants"] = [{"_id": v.id, "_score": float(v.score)} for v in group.variants]
+        out_hits.append(out)
     lexical = items[0]
     full = any(len(ranked) >= max(1, min(int(candidates), MAX_WINDOW)) for ranked in lists)
     answer: dict[str, Any] = {
@@ -713,7 +789,7 @@ def hybrid_shop_search(
         "timed_out": bool(lexical.get("timed_out", False)),
         "_shards": lexical.get("_shards", {}),
         "hits": {
-            "total": {"value": len(fused), "relation": "gte" if full else "eq"},
+            "total": {"value": len(groups), "relation": "gte" if full else "eq"},
             "max_score": out_hits[0]["_score"] if out_hits else None,
             "hits": out_hits,
         },

@@ -33,6 +33,7 @@ from clipfuse.schemas.search import (
     SignalExplanation,
     Total,
     Variant,
+    parse_boost,
 )
 
 if TYPE_CHECKING:
@@ -214,11 +215,14 @@ class HybridSearcher:
         candidates: int = 100,
         knn_filter: Sequence[Mapping[str, Any]] | None = None,
         dense: np.ndarray | None = None,
+        boosts: Sequence[Any] = (),
+        collapse: str | None = None,
     ) -> dict[str, Any]:
         """Hybridise a shop's own Elasticsearch ``_search`` body (see
         :func:`clipfuse.plugin.elasticsearch.hybrid_shop_search`): its query is the lexical
         signal, the query ``text`` / ``image`` embedded here drive the kNN signals, filtered
-        by the body's filter clauses; the answer is in Elasticsearch's response shape.
+        by the body's filter clauses; ``boosts`` and ``collapse`` (or the body's own
+        ``collapse.field``) as in :meth:`search`; the answer is in Elasticsearch's shape.
 
         >>> searcher.hybridize(shop_body, text="red leather boots")
         """
@@ -238,10 +242,17 @@ class HybridSearcher:
             fields["weights"] = weights
         if compose_alpha is not None:
             fields["compose_alpha"] = compose_alpha
+        if boosts:  # Boost objects, or the CLI's strings ('in_stock=true:+0.1', 'log1p(popularity)*0.1')
+            fields["boosts"] = [parse_boost(b) if isinstance(b, str) else b for b in boosts]
+        if collapse is not None:
+            fields["collapse"] = collapse
         try:
             request = SearchRequest.model_validate(fields)
         except ValueError as e:
             raise InvalidQuery(str(e)) from None
+        checked: list[tuple[AnyBoost, str]] = []
+        if request.boosts or request.collapse is not None:
+            checked = self._check_window(request, self.index_info()).boosts  # fields exist, boosts typed
         w = request.weights
         vectors: dict[str, np.ndarray] = {}
         if w.image > 0 or w.text > 0:
@@ -257,6 +268,8 @@ class HybridSearcher:
             rrf_k=rrf_k,
             candidates=candidates,
             knn_filter=knn_filter,
+            boosts=checked,
+            collapse=request.collapse.field if request.collapse is not None else None,
         )
 
     # -- rules ----------------------------------------------------------------------
