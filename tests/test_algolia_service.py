@@ -271,3 +271,16 @@ def test_search_only_key_in_headers_or_query_string(searcher: Any, demo_catalog:
         )
         # the key opens search only: the write endpoints still want the service's own X-API-Key
         assert keyed.post("/documents", json={"documents": []}, headers=headers).status_code in (401, 403, 422)
+
+
+def test_distinct_collapses_before_paging(client: TestClient, documents: list[dict[str, Any]]) -> None:
+    categories = Counter(d["attributes"]["category"] for d in documents)
+    result = _one(
+        client, query="red", hitsPerPage=50, distinct=True, clipfuseDistinctField="category", facets=["category"]
+    )
+    shown = [h["category"] for h in result["hits"]]
+    assert sorted(shown) == sorted(categories)  # one hit per category, every category once
+    assert result["nbHits"] == len(categories)
+    assert result["facets"]["category"] == dict.fromkeys(sorted(categories), 1)  # counts groups when collapsed
+    refused = client.post("/1/indexes/products/query", json={"distinct": 2, "clipfuseDistinctField": "category"})
+    assert refused.status_code == 400 and "distinct above 1" in refused.json()["message"]
