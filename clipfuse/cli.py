@@ -87,21 +87,27 @@ def _progress() -> Progress:
     )
 
 
-def run_index(settings: Settings, path: Path, *, show_progress: bool = True, optimize: bool = True) -> IngestReport:
+def run_index(
+    settings: Settings, path: Path, *, show_progress: bool = True, optimize: bool = True, explicit: bool = False
+) -> IngestReport:
     """Index a JSONL catalog or a folder of images in-process (the CLI's and the demo's path).
 
     On an engine with an explicit index build (Qdrant Edge), the HNSW graphs are built
     once at the end of the bulk index (``optimize=False`` leaves that to ``clipfuse optimize``;
     searches are exact and correct either way, only slower on large catalogs).
+
+    Writes go through the alias ``CLIPFUSE_INDEX`` (:class:`clipfuse.reindex.AliasWriter`): a fresh
+    name is created behind an alias; during a re-index each document reaches both indexes.
+    ``explicit``: the configured model was chosen by the user (the index must have been built with it).
     """
-    from clipfuse.factory import build_indexer
+    from clipfuse.factory import build_writer
 
     if not path.exists():
         raise ClipfuseError(
             f"{path} does not exist: give a JSONL catalog (one document per line) or a folder of images"
         )
     base_dir = path if path.is_dir() else path.parent
-    indexer = build_indexer(settings, base_dir=base_dir)
+    indexer = build_writer(settings, base_dir=base_dir, explicit=explicit)
     catalog = CatalogReader(path)
     total = catalog.count()
     try:
@@ -113,7 +119,7 @@ def run_index(settings: Settings, path: Path, *, show_progress: bool = True, opt
         if optimize and report.indexed:
             _optimize(indexer.backend, show_progress=show_progress)
     finally:
-        indexer.backend.close()
+        indexer.close()
     return report
 
 
@@ -178,7 +184,7 @@ def index(
         explicit = model is not None or "CLIPFUSE_MODEL__NAME" in os.environ
         if path.exists():
             settings = settings_for_existing_index(settings, explicit=explicit)
-        result = run_index(settings, path, optimize=optimize)
+        result = run_index(settings, path, optimize=optimize, explicit=explicit)
     except ClipfuseError as e:
         _fail(e)
     _print_report(result, report)
@@ -301,15 +307,21 @@ def search(
 
 @app.command()
 def info(index: IndexOpt = None, store: StoreOpt = None) -> None:
-    """Show the index: documents, model, dimension, filterable fields."""
+    """Show the index: documents, model, dimension, filterable fields; the alias and the indexes behind it."""
     from clipfuse.factory import build_backend
+    from clipfuse.reindex.cli import describe_record
+    from clipfuse.reindex.writer import resolve_alias
 
     settings = _settings(None, index, store)
     try:
         backend = build_backend(settings)
-        meta = backend.index_info()
-        count = backend.count()
-        backend.close()
+        try:
+            meta = backend.index_info()
+            count = backend.count()
+            record = resolve_alias(backend, settings.index)
+            alias_lines = describe_record(backend, record, settings.index) if record is not None else []
+        finally:
+            backend.close()
     except ClipfuseError as e:
         _fail(e)
     if meta is None:
@@ -321,6 +333,8 @@ def info(index: IndexOpt = None, store: StoreOpt = None) -> None:
         f"model {meta.model}, dim {meta.dim}"
     )
     console.print("filterable fields: " + (", ".join(f"{k} ({v})" for k, v in sorted(meta.fields.items())) or "none"))
+    for line in alias_lines:
+        console.print(line)
 
 
 @app.command()
@@ -329,14 +343,16 @@ def delete(
     index: IndexOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Delete documents by id."""
-    from clipfuse.factory import build_backend
+    """Delete documents by id (from every live index behind the alias: during a re-index, both)."""
+    from clipfuse.factory import build_writer
 
     settings = _settings(None, index, store)
     try:
-        backend = build_backend(settings)
-        backend.delete(ids)
-        backend.close()
+        writer = build_writer(settings)
+        try:
+            writer.delete(ids)
+        finally:
+            writer.close()
     except ClipfuseError as e:
         _fail(e)
     console.print(f"deleted {len(ids)} document(s)")
@@ -450,10 +466,12 @@ def serve(
 
 from clipfuse.bench.cli import register as _register_bench_command  # noqa: E402
 from clipfuse.eval.cli import register as _register_eval_command  # noqa: E402
+from clipfuse.reindex.cli import register as _register_reindex_commands  # noqa: E402
 from clipfuse.workers.cli import register as _register_queue_commands  # noqa: E402
 
 _register_queue_commands(app)
 _register_eval_command(app)
+_register_reindex_commands(app)
 _register_bench_command(app)
 
 

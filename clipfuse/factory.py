@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from clipfuse.plugin.edge import EdgeBackend
     from clipfuse.plugin.protocol import Backend
     from clipfuse.plugin.searcher import HybridSearcher
+    from clipfuse.reindex.writer import AliasWriter
     from clipfuse.workers.ingest import Indexer
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "build_indexer",
     "build_query_embedder",
     "build_searcher",
+    "build_writer",
+    "embedder_for_model",
     "model_settings_for_index",
     "open_qdrant_client",
     "settings_for_existing_index",
@@ -192,6 +195,48 @@ def build_indexer(
         batch_size=settings.batch_size,
         load_workers=settings.images.load_workers,
         reduced_jpeg_decode=settings.images.reduced_jpeg_decode,
+    )
+
+
+def embedder_for_model(settings: Settings, model_id: str | None, cache: dict[str, Embedder]) -> Embedder:
+    """The embedder of a recorded model (``None``: the configured one), one per model id in ``cache``."""
+    if model_id is not None and model_id in cache:
+        return cache[model_id]
+    model = model_settings_for_index(settings, model_id, explicit=False) if model_id else settings.model
+    embedder = build_embedder(model)  # construction loads nothing
+    return cache.setdefault(embedder.model_id, embedder)
+
+
+def build_writer(
+    settings: Settings,
+    *,
+    base_dir: Path | None = None,
+    embedders: dict[str, Embedder] | None = None,
+    explicit: bool = False,
+    root: Backend | None = None,
+) -> AliasWriter:
+    """What writes through ``CLIPFUSE_INDEX``: every live index of its alias, each with its own model.
+
+    A fresh name is created as ``<index>--<model>-<hash>`` behind an alias ``<index>``.
+    ``embedders``: a cache of loaded models by id (a worker keeps one for its life).
+    ``explicit``: the configured model was chosen by the user; the target must have it.
+    """
+    from clipfuse.reindex.writer import AliasWriter
+
+    cache: dict[str, Embedder] = embedders if embedders is not None else {}
+    default = embedder_for_model(settings, None, cache)
+
+    def indexer_for(backend: Backend, model_id: str | None) -> Indexer:
+        return build_indexer(
+            settings, backend=backend, embedder=embedder_for_model(settings, model_id, cache), base_dir=base_dir
+        )
+
+    return AliasWriter(
+        root or build_backend(settings),
+        settings.index,
+        indexer_for=indexer_for,
+        default_model=default.model_id,
+        explicit_model=default.model_id if explicit else None,
     )
 
 

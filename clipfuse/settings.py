@@ -258,6 +258,9 @@ class ServiceSettings(BaseModel):
     facet_max_values: int = Field(50, ge=1, le=1_000, description="values listed per keyword field")
     facet_ttl_s: float = Field(60.0, ge=0, le=86_400, description="seconds the filter values are cached")
     index_info_ttl_s: float = Field(30.0, ge=0, le=86_400, description="seconds the index's field list is cached")
+    alias_check_s: float = Field(
+        1.0, ge=0, le=3_600, description="how often the service checks whether the alias moved (then follows it)"
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="origins allowed to call the API from a browser (a storefront's https://shop.example.com); "

@@ -11,6 +11,12 @@ Edge has no collection metadata, so clipfuse's record (model, dimension, field
 types) lives in a JSON sidecar next to the shard, ``<path>/<collection>.clipfuse.json``,
 replaced atomically (write a temporary file, fsync, ``os.replace``).
 
+Aliases (Edge has none): a pointer file ``<path>/<alias>.alias.json`` holding the
+:class:`~clipfuse.plugin.protocol.AliasRecord` (target, index being built, previous
+index), replaced atomically the same way, so moving an alias is one ``rename(2)``.
+``EdgeBackend(path, "products")`` opens the alias's target when ``products`` is an
+alias, the shard ``products`` when it is a plain store (made before aliases).
+
 One process at a time: opening a store takes an exclusive lock on
 ``<path>/<collection>.lock`` (and Edge locks its write-ahead log); a second
 process gets a :class:`~clipfuse.errors.ConfigurationError` naming the lock.
@@ -39,6 +45,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import uuid
@@ -55,6 +62,7 @@ from clipfuse.plugin.filters import unsupported_tree
 from clipfuse.plugin.fusion import Ranked, fuse, qdrant_rrf_k
 from clipfuse.plugin.protocol import (
     POINT_NAMESPACE,
+    AliasRecord,
     BackendResult,
     HybridQuery,
     IndexedDocument,
@@ -248,7 +256,10 @@ class EdgeBackend:
                 "'_', '-' and '.' (not starting with '.' or '-')"
             )
         self.path = Path(path)
-        self.collection = collection
+        #: the name asked for (an alias or a plain store); ``collection`` is the physical shard
+        self.alias = collection
+        record = self.read_alias(collection)
+        self.collection = record.target if record is not None else collection
         self.hnsw_m = hnsw_m
         self.ef_construct = ef_construct
         self.ef = ef
@@ -257,7 +268,21 @@ class EdgeBackend:
         self.indexing_threshold_kb = indexing_threshold_kb
         self.upsert_batch = upsert_batch
         self.engine_fusion = engine_fusion
+        self._options: dict[str, Any] = {
+            "hnsw_m": hnsw_m,
+            "ef_construct": ef_construct,
+            "ef": ef,
+            "exact": exact,
+            "full_scan_threshold_kb": full_scan_threshold_kb,
+            "indexing_threshold_kb": indexing_threshold_kb,
+            "upsert_batch": upsert_batch,
+            "engine_fusion": engine_fusion,
+        }
         self._shard: qe.EdgeShard | None = None
+        #: the root this backend was opened from (:meth:`open_index`), and a root's opened siblings: one
+        #: open shard per index and process (a second open of a shard in the same process is refused)
+        self._root: EdgeBackend | None = None
+        self._siblings: dict[str, EdgeBackend] = {}
         self._lock_file: Any = None
         self._info: IndexInfo | None = None
         self._mutex = threading.RLock()
@@ -380,15 +405,19 @@ class EdgeBackend:
     def _write_meta(self, info: IndexInfo) -> None:
         """Replace the sidecar atomically: a reader sees the old record or the new one, never half."""
         body = {"version": _SCHEMA_VERSION, "model": info.model, "dim": info.dim, "fields": dict(info.fields)}
+        self._write_json(self.meta_path, body)
+
+    def _write_json(self, target: Path, body: Any) -> None:
+        """Write ``body`` to ``target`` atomically (temporary file, fsync, rename, fsync of the folder)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.collection}.", suffix=".tmp", dir=self.path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=self.path)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(body, f, indent=2, sort_keys=True)
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.meta_path)
+            os.replace(tmp, target)
             with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
                 dir_fd = os.open(self.path, os.O_RDONLY)
                 try:
@@ -651,6 +680,109 @@ class EdgeBackend:
             out[str(payload.pop("doc_id", record.id))] = payload
         return out
 
+    # -- aliases (capability Aliased): a pointer file per alias ------------------------------
+    def alias_path(self, alias: str) -> Path:
+        return self.path / f"{alias}.alias.json"
+
+    def read_alias(self, alias: str) -> AliasRecord | None:
+        try:
+            data = json.loads(self.alias_path(alias).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise ConfigurationError(f"cannot read the alias {alias!r} at {self.alias_path(alias)}: {e}") from e
+        try:
+            return AliasRecord.from_json(data)
+        except (KeyError, TypeError) as e:
+            raise ConfigurationError(f"the alias file {self.alias_path(alias)} is not an alias record: {e}") from e
+
+    def write_alias(self, record: AliasRecord) -> None:
+        if (self.path / record.alias / "edge_config.json").is_file():
+            raise ConfigurationError(
+                f"{record.alias!r} is a plain Qdrant Edge store in {self.path}: adopt it first (clipfuse alias adopt)"
+            )
+        self._write_json(self.alias_path(record.alias), record.to_json())
+
+    def index_exists(self, name: str) -> bool:
+        return (self.path / name / "edge_config.json").is_file()
+
+    def open_index(self, name: str) -> EdgeBackend:
+        root = self._root or self
+        if name == root.collection and not root._closed:
+            return root
+        sibling = root._siblings.get(name)
+        if sibling is None or sibling._closed:
+            sibling = EdgeBackend(self.path, name, **self._options)
+            sibling._root = root
+            root._siblings[name] = sibling
+        return sibling
+
+    def drop_index(self, name: str) -> None:
+        """Delete the shard ``name`` (it must not be open in another process: its lock is taken first)."""
+        root = self._root or self
+        if name == root.collection:
+            root._shutdown()
+        sibling = root._siblings.pop(name, None)
+        if sibling is not None:
+            sibling._shutdown()
+        with self._holding(name):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / f"{name}.clipfuse.json").unlink()
+
+    @contextmanager
+    def _holding(self, name: str) -> Iterator[None]:
+        """Hold the process lock of the shard ``name`` (refused while another process has it open)."""
+        other = EdgeBackend.__new__(EdgeBackend)  # only its lock handling is used
+        other.path, other.collection, other._lock_file = self.path, name, None
+        other._root = self  # never closes anything itself
+        other._acquire_lock()
+        try:
+            yield
+        finally:
+            other._release_lock()
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / f"{name}.lock").unlink()
+
+    def adopt(self, name: str, physical: str) -> None:
+        """Rename the plain shard ``name`` to ``physical`` and point the alias ``name`` at it (offline: one rename)."""
+        if self.read_alias(name) is not None:
+            return
+        if not self.index_exists(name):
+            raise ConfigurationError(f"there is no Qdrant Edge store {name!r} in {self.path} to adopt")
+        if self.index_exists(physical):
+            raise ConfigurationError(f"{physical!r} already exists in {self.path}: cannot adopt {name!r} under it")
+        root = self._root or self
+        reopen = name == root.collection
+        if reopen:
+            root._shutdown()
+        with self._holding(name):
+            os.replace(self.path / name, self.path / physical)
+            meta = self.path / f"{name}.clipfuse.json"
+            if meta.exists():
+                os.replace(meta, self.path / f"{physical}.clipfuse.json")
+            self._write_json(self.alias_path(name), AliasRecord(alias=name, target=physical).to_json())
+        if reopen:  # the root now stands for the adopted index under its new name (opened on next use)
+            root.collection, root._closed, root._info = physical, False, None
+
+    # -- reading documents back (capability Scrollable) --------------------------------------
+    def scroll_payloads(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        shard = self._require()
+        if shard is None:
+            return [], None
+        with _errors(f"reading documents from {self.collection!r}"):
+            records, next_offset = shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=False)
+            )
+        out = []
+        for record in records:
+            payload = dict(record.payload or {})
+            out.append((str(payload.pop("doc_id", record.id)), payload))
+        return out, (next_offset if records else None)
+
+    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self.fetch(ids)
+
     # -- lifecycle -------------------------------------------------------------------
     def flush(self) -> None:
         if self._shard is not None:
@@ -658,7 +790,19 @@ class EdgeBackend:
                 self._shard.flush()
 
     def close(self) -> None:
-        """Flush, close the shard and release the lock (idempotent)."""
+        """Flush, close the shard and release the lock (idempotent); a root closes the siblings it opened.
+
+        A sibling (from :meth:`open_index`) is shared by everything in the process that opened the
+        same index through the same root, so closing it is left to the root (or :meth:`drop_index`).
+        """
+        if self._root is not None:
+            return
+        for sibling in list(self._siblings.values()):
+            sibling._shutdown()
+        self._siblings.clear()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         with self._mutex:
             shard, self._shard = self._shard, None
             try:
@@ -677,5 +821,7 @@ class EdgeBackend:
         self.close()
 
     def __del__(self) -> None:  # a forgotten backend still releases the lock
+        if getattr(self, "_mutex", None) is None:  # a lock holder from _holding
+            return
         with contextlib.suppress(Exception):
             self.close()

@@ -27,6 +27,7 @@ asserted in tests and sent by users themselves.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -49,7 +50,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError, InvalidQuery
 from clipfuse.plugin.fusion import Ranked
-from clipfuse.plugin.protocol import BackendResult, HybridQuery, IndexedDocument, IndexInfo, Retriever
+from clipfuse.plugin.protocol import AliasRecord, BackendResult, HybridQuery, IndexedDocument, IndexInfo, Retriever
 from clipfuse.schemas import FieldType, FilterCondition, FilterExpr, FilterGroup
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "TEXT_FIELD",
     "ElasticsearchBackend",
     "VectorIndexType",
+    "build_adopt_actions",
+    "build_alias_actions",
     "build_bulk_actions",
     "build_bulk_delete_actions",
     "build_filter",
@@ -88,6 +91,7 @@ ANALYZER = "clipfuse_product"
 RESERVED_FIELDS = frozenset({"doc_id", "images", *TEXT_FIELDS, *VECTOR_FIELDS})
 _VECTOR_OF = {"image": IMAGE_FIELD, "text": TEXT_FIELD}
 _META_KEY = "clipfuse"
+_ALIAS_KEY = "clipfuse_alias"
 _SCHEMA_VERSION = 1
 #: ``dense_vector`` accepts at most 4096 dimensions; BBQ needs at least 64 (``BBQ_MIN_DIMS``)
 MAX_DIMS, BBQ_MIN_DIMS = 4096, 64
@@ -278,6 +282,29 @@ def build_bulk_actions(docs: Sequence[IndexedDocument], index: str) -> list[dict
             source[TEXT_FIELD] = _vector_list(doc.text_vector)
         actions.append({"_op_type": "index", "_index": index, "_id": doc.id, "_source": source})
     return actions
+
+
+def build_alias_actions(alias: str, new: str, old: str | None) -> dict[str, Any]:
+    """The ``POST /_aliases`` body that moves ``alias`` from ``old`` to ``new`` in one atomic step."""
+    actions: list[dict[str, Any]] = []
+    if old is not None and old != new:
+        actions.append({"remove": {"index": old, "alias": alias}})
+    actions.append({"add": {"index": new, "alias": alias, "is_write_index": True}})
+    return {"actions": actions}
+
+
+def build_adopt_actions(name: str, physical: str) -> dict[str, Any]:
+    """The ``POST /_aliases`` body that replaces the plain index ``name`` by an alias ``name`` -> ``physical``.
+
+    ``remove_index`` and ``add`` in one request: Elasticsearch applies them atomically, so
+    ``name`` resolves at every moment (``physical`` is a ``_clone`` of ``name``).
+    """
+    return {
+        "actions": [
+            {"remove_index": {"index": name}},
+            {"add": {"index": physical, "alias": name, "is_write_index": True}},
+        ]
+    }
 
 
 def build_bulk_delete_actions(ids: Sequence[str], index: str) -> list[dict[str, Any]]:
@@ -889,6 +916,9 @@ class ElasticsearchBackend:
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self._info: IndexInfo | None = None
+        self._raw_meta: dict[str, Any] = {}
+        #: False for a backend made by :meth:`open_index`: closing it leaves the shared client open
+        self.owns_client = True
         #: set when the cluster refused the retriever API (licence / version): fuse client-side from then on
         self.server_fusion_refused: str | None = None
 
@@ -953,7 +983,8 @@ class ElasticsearchBackend:
                 f"{IMAGE_FIELD!r} with dims); choose another index name (CLIPFUSE_INDEX)"
             )
         dim = int(vector["dims"])
-        meta = (mappings.get("_meta") or {}).get(_META_KEY)
+        self._raw_meta = dict(mappings.get("_meta") or {})
+        meta = self._raw_meta.get(_META_KEY)
         meta = meta if isinstance(meta, Mapping) else {}
         fields: dict[str, FieldType] = dict(meta.get("fields") or {})
         # the mapping is authoritative (put_mapping merges server-side; _meta is last-writer-wins)
@@ -997,12 +1028,11 @@ class ElasticsearchBackend:
         if not new:
             return
         merged = {**info.fields, **new}
+        # put_mapping replaces _meta as a whole: keep the alias record that may sit next to clipfuse's
+        meta: dict[str, Any] = {k: v for k, v in self._raw_meta.items() if k != _META_KEY}
+        meta[_META_KEY] = {"version": _SCHEMA_VERSION, "model": info.model, "dim": info.dim, "fields": merged}
         with _errors(f"registering fields of {self.index!r}"):
-            self.client.indices.put_mapping(
-                index=self.index,
-                properties=build_field_mappings(new),
-                meta={_META_KEY: {"version": _SCHEMA_VERSION, "model": info.model, "dim": info.dim, "fields": merged}},
-            )
+            self.client.indices.put_mapping(index=self.index, properties=build_field_mappings(new), meta=meta)
         self._info = IndexInfo(dim=info.dim, model=info.model, fields=merged)
 
     # -- writes --------------------------------------------------------------------
@@ -1153,5 +1183,120 @@ class ElasticsearchBackend:
             out[str(doc["_id"])] = source
         return out
 
+    # -- aliases (capability Aliased) -------------------------------------------------------
+    def _meta_of(self, index: str) -> dict[str, Any]:
+        with _errors(f"reading the mapping of {index!r}"):
+            response = self.client.indices.get_mapping(index=index)
+        body = dict(response.body) if hasattr(response, "body") else dict(response)
+        first: dict[str, Any] = next(iter(body.values()), {}) if body else {}
+        return dict((first.get("mappings") or {}).get("_meta") or {})
+
+    def read_alias(self, alias: str) -> AliasRecord | None:
+        with _errors(f"reading alias {alias!r}"):
+            try:
+                response = self.client.indices.get_alias(name=alias)
+            except TransportApiError as e:
+                if _status_of(e) == 404:
+                    return None
+                raise
+        body = dict(response.body) if hasattr(response, "body") else dict(response)
+        targets = sorted(body)
+        if not targets:
+            return None
+        if len(targets) > 1:  # several indexes behind the alias: the write index is the target
+            writers = [t for t in targets if (body[t].get("aliases") or {}).get(alias, {}).get("is_write_index")]
+            if len(writers) != 1:
+                raise ConfigurationError(
+                    f"alias {alias!r} points at {len(targets)} indexes ({', '.join(targets[:5])}) and none is its "
+                    "only write index: clipfuse needs one target per alias"
+                )
+            targets = writers
+        target = targets[0]
+        stored = self._meta_of(target).get(_ALIAS_KEY)
+        if isinstance(stored, Mapping) and stored.get("alias") == alias and stored.get("target") == target:
+            return AliasRecord.from_json(stored)
+        return AliasRecord(alias=alias, target=target)
+
+    def write_alias(self, record: AliasRecord) -> None:
+        current = self.read_alias(record.alias)
+        meta = self._meta_of(record.target)
+        meta[_ALIAS_KEY] = record.to_json()
+        with _errors(f"moving alias {record.alias!r} to {record.target!r}"):
+            # the record first, on the index the alias will point at (put_mapping replaces _meta whole)
+            self.client.indices.put_mapping(index=record.target, meta=meta)
+            if current is None or current.target != record.target:
+                body = build_alias_actions(record.alias, record.target, current.target if current else None)
+                self.client.indices.update_aliases(actions=body["actions"])
+
+    def index_exists(self, name: str) -> bool:
+        with _errors(f"looking up index {name!r}"):
+            try:
+                response = self.client.indices.get(index=name)
+            except TransportApiError as e:
+                if _status_of(e) == 404:
+                    return False
+                raise
+        body = dict(response.body) if hasattr(response, "body") else dict(response)
+        return name in body  # an alias answers with its indexes' names
+
+    def open_index(self, name: str) -> ElasticsearchBackend:
+        backend = ElasticsearchBackend(
+            self.client,
+            name,
+            vector_index_type=self.vector_index_type,
+            server_side_fusion=self.server_side_fusion,
+            refresh=self.refresh,
+            exclude_vectors_from_source=self.exclude_vectors_from_source,
+            chunk_size=self.chunk_size,
+            max_retries=self.max_retries,
+            initial_backoff=self.initial_backoff,
+            max_backoff=self.max_backoff,
+        )
+        backend.owns_client = False
+        return backend
+
+    def drop_index(self, name: str) -> None:
+        with _errors(f"deleting index {name!r}"):
+            self.client.indices.delete(index=name)
+
+    def adopt(self, name: str, physical: str) -> None:
+        """Clone the plain index ``name`` into ``physical`` and replace ``name`` by an alias to it, atomically.
+
+        Writes to ``name`` are blocked while it is cloned (``_clone`` needs a read-only source;
+        it hard-links segments, so this takes seconds, not a re-index); writers retry meanwhile.
+        """
+        if self.read_alias(name) is not None:
+            return
+        with _errors(f"adopting index {name!r} as {physical!r}"):
+            self.client.indices.put_settings(index=name, settings={"index.blocks.write": True})
+            try:
+                self.client.indices.clone(index=name, target=physical, wait_for_active_shards="1")
+                self.client.indices.put_settings(index=physical, settings={"index.blocks.write": False})
+                self.client.indices.update_aliases(actions=build_adopt_actions(name, physical)["actions"])
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.client.indices.put_settings(index=name, settings={"index.blocks.write": False})
+                raise
+
+    # -- reading documents back (capability Scrollable) -------------------------------------
+    def scroll_payloads(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        body: dict[str, Any] = {"size": limit, "sort": [{"doc_id": "asc"}], "_source": _source_filter()}
+        if offset is not None:
+            body["search_after"] = [offset]
+        with _errors(f"reading documents from {self.index!r}"):
+            response = self.client.search(index=self.index, body=body)
+        hits = (response.get("hits") or {}).get("hits") or []
+        out = []
+        for hit in hits:
+            source = dict(hit.get("_source") or {})
+            for key in ("doc_id", *VECTOR_FIELDS):
+                source.pop(key, None)
+            out.append((str(hit["_id"]), source))
+        return out, (str(hits[-1]["_id"]) if len(hits) == limit else None)
+
+    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self.fetch(ids)
+
     def close(self) -> None:
-        self.client.close()
+        if self.owns_client:
+            self.client.close()

@@ -10,6 +10,8 @@ same for every engine.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from clipfuse.schemas import FieldType, FilterCondition, FilterGroup, FusionMeth
 
 __all__ = [
     "POINT_NAMESPACE",
+    "AliasRecord",
+    "Aliased",
     "Backend",
     "BackendResult",
     "Fetchable",
@@ -30,7 +34,9 @@ __all__ = [
     "IndexInfo",
     "IndexedDocument",
     "Retriever",
+    "Scrollable",
     "Signal",
+    "physical_name",
     "point_id",
 ]
 
@@ -171,3 +177,104 @@ class Fetchable(Protocol):
     def fetch(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         """``{doc_id: payload}`` for the ids that exist (``fields``: only these keys); missing ids are left out."""
         ...
+
+
+# -- declared capabilities (callers test them with isinstance) ------------------------------
+@dataclass(frozen=True, slots=True)
+class AliasRecord:
+    """The name users search (``CLIPFUSE_INDEX``) and the physical indexes behind it.
+
+    ``target`` is what searches hit. While a re-index runs, ``building`` is the index being
+    filled with the new model; after a swap, ``previous`` is the index the alias left, kept
+    (and still written to) until ``clipfuse alias prune``, so that a rollback loses nothing.
+    Every write through the alias goes to each of :attr:`live` (each with its own model).
+    """
+
+    alias: str
+    target: str
+    previous: str | None = None
+    building: str | None = None
+
+    @property
+    def live(self) -> tuple[str, ...]:
+        """The indexes a write through the alias must reach: target first, then building, then previous."""
+        out: list[str] = []
+        for name in (self.target, self.building, self.previous):
+            if name and name not in out:
+                out.append(name)
+        return tuple(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"alias": self.alias, "target": self.target, "previous": self.previous, "building": self.building}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AliasRecord:
+        return cls(
+            alias=str(data["alias"]),
+            target=str(data["target"]),
+            previous=str(data["previous"]) if data.get("previous") else None,
+            building=str(data["building"]) if data.get("building") else None,
+        )
+
+
+@runtime_checkable
+class Aliased(Protocol):
+    """A backend whose engine can put an alias in front of its physical indexes.
+
+    Qdrant (server and qdrant-client local mode): collection aliases, the record's
+    ``previous`` / ``building`` in the target collection's metadata. Elasticsearch:
+    ``_aliases``, the record in the target index's ``_meta``. Qdrant Edge: a pointer file
+    next to the shards, replaced atomically. Moving the alias is one engine operation.
+    """
+
+    def read_alias(self, alias: str) -> AliasRecord | None:
+        """The alias's record, or None when ``alias`` is not an alias (a plain index, or nothing)."""
+        ...
+
+    def write_alias(self, record: AliasRecord) -> None:
+        """Point ``record.alias`` at ``record.target`` in one step and store the rest of the record."""
+        ...
+
+    def index_exists(self, name: str) -> bool:
+        """Whether a physical index ``name`` exists (an alias of that name does not count)."""
+        ...
+
+    def open_index(self, name: str) -> Backend:
+        """A backend on the physical index ``name`` of the same engine (sharing the client / store)."""
+        ...
+
+    def drop_index(self, name: str) -> None:
+        """Delete the physical index ``name`` (never an alias's current target: callers check)."""
+        ...
+
+    def adopt(self, name: str, physical: str) -> None:
+        """Turn the plain index ``name`` into ``physical`` with an alias ``name`` pointing at it."""
+        ...
+
+
+@runtime_checkable
+class Scrollable(Protocol):
+    """A backend that can list its documents' payloads (what a re-index reads back)."""
+
+    def scroll_payloads(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        """Up to ``limit`` ``(doc_id, payload)`` pairs from ``offset`` (None: the start); the next offset or None."""
+        ...
+
+    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The payloads of those of ``ids`` that exist."""
+        ...
+
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def physical_name(alias: str, model_id: str | None) -> str:
+    """The physical index behind ``alias`` for a model: ``<alias>--<model slug>-<8 hex of the model id>``.
+
+    Lower-case letters, digits and ``-`` only (valid for Qdrant, Elasticsearch and an Edge folder).
+    """
+    model = model_id or "unknown"
+    tail = model.rstrip("/").rsplit("/", 1)[-1] if model.startswith("local-dir:") else model
+    slug = _SLUG.sub("-", tail.lower()).strip("-")[:40] or "model"
+    digest = hashlib.sha1(model.encode("utf-8")).hexdigest()[:8]
+    return f"{alias}--{slug}-{digest}"

@@ -11,6 +11,13 @@ Hybrid search sends one ``query_batch_points`` request: one query per signal
 (each signal's candidates and raw scores, for explaining a ranking) plus, when
 Qdrant can fuse the request itself (RRF with an integer constant, or unweighted
 DBSF), the fused query with the signals as prefetches.
+
+Aliases (capability :class:`~clipfuse.plugin.protocol.Aliased`): Qdrant's collection
+aliases, on a server and in qdrant-client's local mode alike (local mode keeps them in
+its ``meta.json``, replaced atomically); the alias moves with one
+``update_collection_aliases`` request (delete + create, atomic on the server). The rest
+of clipfuse's alias record (the index being built, the previous one) sits in the target
+collection's metadata under ``clipfuse_alias``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,15 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError
 from clipfuse.plugin.filters import unsupported_tree
 from clipfuse.plugin.fusion import Ranked, qdrant_rrf_k
-from clipfuse.plugin.protocol import BackendResult, HybridQuery, IndexedDocument, IndexInfo, Retriever, point_id
+from clipfuse.plugin.protocol import (
+    AliasRecord,
+    BackendResult,
+    HybridQuery,
+    IndexedDocument,
+    IndexInfo,
+    Retriever,
+    point_id,
+)
 from clipfuse.schemas import FieldType, FilterCondition
 
 __all__ = ["QdrantBackend", "build_qdrant_filter", "build_query_requests"]
@@ -35,6 +50,7 @@ log = logging.getLogger(__name__)
 
 IMAGE, TEXT, BM25 = "image", "text", "bm25"
 _META_KEY = "clipfuse"
+_ALIAS_KEY = "clipfuse_alias"
 _SCHEMA_VERSION = 1
 _PAYLOAD_INDEX = {
     "keyword": models.PayloadSchemaType.KEYWORD,
@@ -151,8 +167,12 @@ class QdrantBackend:
     name = "qdrant"
     lexical: Literal["sparse", "native"] = "sparse"
 
-    def __init__(self, client: QdrantClient, collection: str, *, upsert_batch: int = 256) -> None:
+    def __init__(
+        self, client: QdrantClient, collection: str, *, upsert_batch: int = 256, owns_client: bool = True
+    ) -> None:
         self.client = client
+        #: False for a backend made by :meth:`open_index`: closing it leaves the shared client open
+        self.owns_client = owns_client
         self.collection = collection
         self.upsert_batch = upsert_batch
         self._info: IndexInfo | None = None
@@ -165,9 +185,13 @@ class QdrantBackend:
     # -- schema --------------------------------------------------------------------
     def index_info(self) -> IndexInfo | None:
         with _errors(f"reading collection {self.collection!r}"):
-            if not self.client.collection_exists(self.collection):
-                return None
-            info = self.client.get_collection(self.collection)
+            name = self.collection
+            if not self.client.collection_exists(name):
+                record = self.read_alias(name)
+                if record is None or not self.client.collection_exists(record.target):
+                    return None
+                name = record.target
+            info = self.client.get_collection(name)
         meta = (info.config.metadata or {}).get(_META_KEY)
         vectors = info.config.params.vectors
         if not isinstance(vectors, Mapping) or IMAGE not in vectors or TEXT not in vectors:
@@ -293,5 +317,101 @@ class QdrantBackend:
             out[str(payload.pop("doc_id", p.id))] = payload
         return out
 
+    # -- aliases (capability Aliased) -------------------------------------------------------
+    def _alias_targets(self) -> dict[str, str]:
+        with _errors("reading collection aliases"):
+            return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+
+    def read_alias(self, alias: str) -> AliasRecord | None:
+        target = self._alias_targets().get(alias)
+        if target is None:
+            return None
+        with _errors(f"reading collection {target!r}"):
+            meta = self.client.get_collection(target).config.metadata or {}
+        stored = meta.get(_ALIAS_KEY)
+        if isinstance(stored, Mapping) and stored.get("alias") == alias and stored.get("target") == target:
+            return AliasRecord.from_json(stored)
+        return AliasRecord(alias=alias, target=target)
+
+    def write_alias(self, record: AliasRecord) -> None:
+        with _errors(f"moving alias {record.alias!r} to {record.target!r}"):
+            # the record first, on the collection the alias will point at: a reader that sees the
+            # alias moved also sees the record that goes with it
+            self.client.update_collection(record.target, metadata={_ALIAS_KEY: record.to_json()})
+            current = self._alias_targets().get(record.alias)
+            if current == record.target:
+                return
+            operations: list[models.AliasOperations] = []
+            if current is not None:
+                operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=record.alias)))
+            operations.append(
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name=record.target, alias_name=record.alias)
+                )
+            )
+            self.client.update_collection_aliases(change_aliases_operations=operations)
+
+    def index_exists(self, name: str) -> bool:
+        with _errors("listing collections"):
+            return name in {c.name for c in self.client.get_collections().collections}
+
+    def open_index(self, name: str) -> QdrantBackend:
+        return QdrantBackend(self.client, name, upsert_batch=self.upsert_batch, owns_client=False)
+
+    def drop_index(self, name: str) -> None:
+        with _errors(f"deleting collection {name!r}"):
+            self.client.delete_collection(name)
+
+    def adopt(self, name: str, physical: str) -> None:
+        """Copy the plain collection ``name`` (vectors, payloads) into ``physical``, then alias ``name`` to it.
+
+        Qdrant cannot rename a collection and refuses an alias named like one, so the old
+        collection is deleted and the alias created right after (a moment in which ``name``
+        does not resolve: adopt before traffic, or expect one retried request).
+        """
+        if self.read_alias(name) is not None:
+            return
+        source = QdrantBackend(self.client, name)
+        info = source.index_info()
+        if info is None:
+            raise ConfigurationError(f"there is no collection {name!r} to adopt")
+        target = QdrantBackend(self.client, physical, upsert_batch=self.upsert_batch)
+        target.ensure_schema(dim=info.dim, model=info.model)
+        if info.fields:
+            target.register_fields(info.fields)
+        offset: Any = None
+        while True:
+            with _errors(f"copying {name!r} into {physical!r}"):
+                points, offset = self.client.scroll(
+                    name, limit=256, offset=offset, with_payload=True, with_vectors=True
+                )
+                if points:
+                    self.client.upsert(
+                        physical,
+                        points=[models.PointStruct(id=p.id, vector=p.vector or {}, payload=p.payload) for p in points],
+                        wait=True,
+                    )
+            if offset is None:
+                break
+        with _errors(f"replacing {name!r} by an alias"):
+            self.client.delete_collection(name)
+        self.write_alias(AliasRecord(alias=name, target=physical))
+
+    # -- reading documents back (capability Scrollable) -------------------------------------
+    def scroll_payloads(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        with _errors(f"reading documents from {self.collection!r}"):
+            points, next_offset = self.client.scroll(
+                self.collection, limit=limit, offset=offset, with_payload=True, with_vectors=False
+            )
+        out = []
+        for p in points:
+            payload = dict(p.payload or {})
+            out.append((str(payload.pop("doc_id", p.id)), payload))
+        return out, next_offset
+
+    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self.fetch(ids)
+
     def close(self) -> None:
-        self.client.close()
+        if self.owns_client:
+            self.client.close()

@@ -43,6 +43,7 @@ from clipfuse.errors import (
     InvalidQuery,
 )
 from clipfuse.images import ImageLimits, ImageLoader
+from clipfuse.plugin.protocol import Aliased
 from clipfuse.schemas import Document, Hit, ImageSource, SearchRequest, SearchResponse, Weights, parse_filter
 from clipfuse.schemas import limits as L
 from clipfuse.service.algolia_api import algolia_router
@@ -222,6 +223,11 @@ class Service:
         self._start_lock = threading.Lock()
         self._engine_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._info_at = 0.0
+        #: the alias's target the searcher is on, when the index is an alias; when it was last checked
+        self._target: str | None = None
+        self._alias_at = 0.0
+        self._embedders: dict[str, Any] = {}
+        self._retired: list[Any] = []
         self._facets: tuple[float, Facets] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="clipfuse-health")
         root = settings.service.catalog_root
@@ -244,28 +250,89 @@ class Service:
             if getattr(self.backend, "is_local", False):
                 self._engine_lock = threading.RLock()  # the embedded store is not made for concurrent threads
             if self.searcher is None:
-                from clipfuse.factory import build_query_embedder, model_settings_for_index
+                from clipfuse.reindex.writer import resolve_alias
 
+                searched = self.backend
                 try:
-                    info = self.backend.index_info()
+                    record = resolve_alias(self.backend, self.settings.index)
+                    if record is not None and isinstance(self.backend, Aliased):
+                        # pinned to the physical index: its model is the model queries are embedded with
+                        searched = self.backend.open_index(record.target)
+                        self._target = record.target
+                    info = searched.index_info()
                 except BackendError as e:
                     log.warning("cannot read the index at startup (%s); using the configured model", e)
                     info = None
                 explicit = "name" in self.settings.model.model_fields_set
-                model = model_settings_for_index(self.settings, info.model if info else None, explicit=explicit)
-                embedder = build_query_embedder(model)  # text tower per CLIPFUSE_MODEL__TEXT_ENCODER, LRU cache
-                load = getattr(embedder, "load", None)
-                if callable(load):
-                    load()
-                self.searcher = HybridSearcher(self.backend, embedder=embedder, image_loader=self._image_loader())
+                embedder = self._embedder_for(info.model if info else None, explicit=explicit)
+                self.searcher = HybridSearcher(searched, embedder=embedder, image_loader=self._image_loader())
+                self._alias_at = time.monotonic()
             loaded = self.searcher.embedder
             self.model_id = getattr(loaded, "model_id", None) if loaded is not None else None
             self.started = True
             log.info("clipfuse service ready: index %s, model %s", self.settings.index, self.model_id)
 
+    def _embedder_for(self, model_id: str | None, *, explicit: bool = False) -> Any:
+        """The query embedder of a recorded model, loaded once per model."""
+        from clipfuse.factory import build_query_embedder, model_settings_for_index
+
+        key = "" if explicit or not model_id else model_id
+        embedder = self._embedders.get(key)
+        if embedder is None:
+            model = model_settings_for_index(self.settings, model_id, explicit=explicit)
+            embedder = build_query_embedder(model)  # text tower per CLIPFUSE_MODEL__TEXT_ENCODER, LRU cache
+            load = getattr(embedder, "load", None)
+            if callable(load):
+                load()
+            self._embedders[key] = embedder
+        return embedder
+
+    def follow_alias(self) -> HybridSearcher:
+        """The searcher for the alias's current target: after a swap or a rollback, a searcher on the new
+        target with the model it was built with (checked every ``alias_check_s``; searches in flight finish
+        on the old index, which is kept as the previous one). Never raises: on trouble it keeps the old one."""
+        searcher = self.ready()
+        interval = self.settings.service.alias_check_s
+        if self._target is None or not self._owns_backend or time.monotonic() - self._alias_at < interval:
+            return searcher
+        self._alias_at = time.monotonic()
+        from clipfuse.plugin.searcher import HybridSearcher
+        from clipfuse.reindex.writer import resolve_alias
+
+        root = self.backend
+        try:
+            with self.engine():
+                record = resolve_alias(root, self.settings.index) if root is not None else None
+                if record is None or record.target == self._target or not isinstance(root, Aliased):
+                    return searcher
+                backend = root.open_index(record.target)
+                warm = getattr(backend, "warm_ids", None)
+                if callable(warm):
+                    warm()
+                info = backend.index_info()
+            embedder = self._embedder_for(info.model if info else None)
+        except Exception as e:  # e.g. the new shard still held by the re-index process: try again later
+            log.warning("the alias %s moved but cannot follow it yet: %s", self.settings.index, e)
+            return searcher
+        following = HybridSearcher(backend, embedder=embedder, image_loader=self._image_loader())
+        log.info(
+            "alias %s moved: %s -> %s (model %s)", self.settings.index, self._target, record.target, info and info.model
+        )
+        self._retired.append(searcher.backend)
+        self.searcher, self._target = following, record.target
+        self.model_id = getattr(embedder, "model_id", None)
+        self._info_at = 0.0
+        self._facets = None
+        return following
+
     def stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._owns_backend and self.backend is not None:
+            current = self.searcher.backend if self.searcher is not None else None
+            for backend in [*self._retired, current]:
+                if backend is not None and backend is not self.backend:
+                    with contextlib.suppress(Exception):
+                        backend.close()
             with contextlib.suppress(Exception):
                 self.backend.close()
 
@@ -334,7 +401,7 @@ class Service:
         return request
 
     def search(self, request: SearchRequest, root_path: str) -> ServiceSearchResponse:
-        searcher = self.ready()
+        searcher = self.follow_alias()
         mode = _mode(request)
         started = time.perf_counter()
         try:

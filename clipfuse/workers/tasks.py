@@ -57,7 +57,7 @@ from clipfuse.workers.metrics import WorkerMetrics, get_metrics, serve_metrics
 if TYPE_CHECKING:
     from celery import Celery
 
-    from clipfuse.workers.ingest import Indexer
+    from clipfuse.reindex.writer import AliasWriter
 
 __all__ = ["BatchProcessor", "ClipfuseBatches", "WorkerRuntime", "get_runtime", "register_tasks"]
 
@@ -190,7 +190,7 @@ class WorkerRuntime:
         self.app = app
         self.settings = settings
         self._embedder: Any = None
-        self._indexer: Indexer | None = None
+        self._indexer: AliasWriter | None = None
         self.dead = DeadLetters.from_settings(settings)
         self.metrics = get_metrics()
         self.processor = BatchProcessor(
@@ -219,15 +219,18 @@ class WorkerRuntime:
             load()
         log.info("model %s loaded (dim %d)", getattr(embedder, "model_id", "?"), embedder.dim)
 
-    def indexer(self) -> Indexer:
+    def indexer(self) -> AliasWriter:
+        """Writes through the alias: to its target and, during a re-index or until a prune, to the other
+        live index too, each with its own model (models load once per process and stay)."""
         if self._indexer is None:
-            from clipfuse.factory import build_backend, build_indexer
+            from clipfuse.factory import build_backend, build_writer
 
             try:
                 backend = build_backend(self.settings)
             except StoreLocked as e:  # another process has the embedded store open: wait for it
                 raise BackendUnavailable(str(e)) from e
-            self._indexer = build_indexer(self.settings, backend=backend, embedder=self.embedder())
+            embedder = self.embedder()
+            self._indexer = build_writer(self.settings, root=backend, embedders={embedder.model_id: embedder})
         return self._indexer
 
     def republish(self, messages: Sequence[Mapping[str, Any]]) -> None:
@@ -242,7 +245,7 @@ class WorkerRuntime:
     def close(self) -> None:
         if self._indexer is not None:
             try:
-                self._indexer.backend.close()
+                self._indexer.close()
             except Exception:
                 log.warning("closing the engine client failed", exc_info=True)
             self._indexer = None
