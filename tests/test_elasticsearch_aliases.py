@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from test_elasticsearch_requests import INDEX, FakeCluster, backend_on, error_body, mapping_response
 
-from clipfuse.plugin.elasticsearch import build_adopt_actions, build_alias_actions, build_index_body
+from clipfuse.plugin.elasticsearch import build_adopt_actions, build_alias_actions, build_index_body, build_mget
 from clipfuse.plugin.protocol import Aliased, AliasRecord, Scrollable
 
 
@@ -132,7 +132,7 @@ def test_scroll_and_get_payloads(cluster: FakeCluster) -> None:
     }
     assert backend.get_payloads(["a", "x"]) == {"a": {"title": "A"}}
     assert cluster.calls[1].path == "/products/_mget"
-    assert cluster.calls[1].params["_source_excludes"] == "image_vector,text_vector"
+    assert cluster.calls[1].body == build_mget(["a", "x"])
 
 
 def test_register_fields_keeps_the_alias_record(cluster: FakeCluster) -> None:
