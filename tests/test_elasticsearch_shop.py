@@ -12,12 +12,12 @@ import copy
 from typing import Any
 
 import pytest
+from test_elasticsearch_requests import FakeCluster, as_list, unit
 
 from clipfuse.errors import ConfigurationError, InvalidQuery
 from clipfuse.plugin import HybridSearcher, fusion
 from clipfuse.plugin.elasticsearch import ElasticsearchBackend, build_shop_msearch, hybrid_shop_search, shop_knn_filter
 from clipfuse.plugin.fusion import Ranked
-from tests.test_elasticsearch_requests import FakeCluster, as_list, unit
 
 INDEX = "products"
 QVEC = unit(1.0, 0.5, 0.0, 0.25)
@@ -267,7 +267,7 @@ def variants_answer() -> dict[str, Any]:
 
 
 def test_boosts_and_collapse_apply_to_the_fused_window_before_paging() -> None:
-    from tests.test_elasticsearch_requests import mapping_response
+    from test_elasticsearch_requests import mapping_response
 
     mapping = mapping_response(extra={"group_id": {"type": "keyword"}, "in_stock": {"type": "boolean"}})
     cluster = FakeCluster(script=[(200, mapping), (200, variants_answer())])
@@ -291,7 +291,7 @@ def test_boosts_and_collapse_apply_to_the_fused_window_before_paging() -> None:
 
 
 def test_hybridize_checks_boost_and_collapse_fields() -> None:
-    from tests.test_elasticsearch_requests import fields_mapping
+    from test_elasticsearch_requests import fields_mapping
 
     cluster = FakeCluster(script=[(200, fields_mapping())])
     searcher = HybridSearcher(ElasticsearchBackend(cluster.client(), INDEX))

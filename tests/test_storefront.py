@@ -25,11 +25,11 @@ from typing import Any
 
 import httpx
 import pytest
+from test_web_ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _free_port
 
 from clipfuse.demo.catalog import write_catalog
 from clipfuse.images import ImageLoader
 from clipfuse.workers.ingest import Indexer
-from tests.test_web_ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _free_port
 
 STOREFRONT = Path(__file__).parent / "storefront"
 ESBUILD = STOREFRONT / "node_modules" / ".bin" / "esbuild"
