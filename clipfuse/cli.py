@@ -17,6 +17,7 @@ from rich.table import Table
 from clipfuse.errors import ClipfuseError
 from clipfuse.schemas import IngestReport, SearchRequest, SearchResponse, Weights, parse_filter
 from clipfuse.schemas.safetext import markup_safe
+from clipfuse.schemas.search import parse_boost
 from clipfuse.settings import DEMO_MODEL, Settings
 from clipfuse.sources import CatalogReader
 
@@ -207,9 +208,9 @@ def _weights(spec: str | None) -> Weights:
     return Weights(**values)
 
 
-def _print_hits(response: SearchResponse, *, title: str) -> None:
+def _print_hits(response: SearchResponse, *, title: str, explain: bool = False) -> None:
     table = Table(title=title, title_justify="left")
-    for column in ("#", "id", "title", "attributes", "fused", "image", "text", "bm25"):
+    for column in ("#", "id", "title", "attributes", "score", "image", "text", "bm25"):
         table.add_column(column, overflow="fold")
     for hit in response.hits:
         p = hit.payload
@@ -218,18 +219,50 @@ def _print_hits(response: SearchResponse, *, title: str) -> None:
         def fmt(v: float | None) -> str:
             return "-" if v is None else f"{v:.3f}"
 
+        marks = []
+        if hit.rule:
+            marks.append(f"[magenta]rule {markup_safe(hit.rule)}[/]")
+        if hit.variants:
+            marks.append(
+                f"[cyan]+{len(hit.variants)} variants: {markup_safe(', '.join(v.id for v in hit.variants[:4]))}[/]"
+            )
         table.add_row(
             str(hit.rank),
-            hit.id,
-            str(p.get("title", ""))[:60],
-            attrs[:80],
+            markup_safe(hit.id),
+            markup_safe(str(p.get("title", ""))[:60]) + ("\n" + " ".join(marks) if marks else ""),
+            markup_safe(attrs[:80]),
             f"{hit.score:.4f}",
             fmt(hit.signals.image),
             fmt(hit.signals.text),
             fmt(hit.signals.bm25),
         )
+        if explain and hit.explanation is not None:
+            e = hit.explanation
+            parts = [f"{name} #{s.rank} {s.raw:.3f} -> {s.contribution:+.4f}" for name, s in e.signals.items()]
+            line = f"fused {e.fused:.4f} = " + " ".join(parts)
+            if e.normalised is not None:
+                line += f"; normalised {e.normalised:.3f}"
+                line += "".join(f"; {b.boost} {b.contribution:+.3f}" for b in e.boosts)
+            table.add_row("", "", f"[dim]{markup_safe(line)} => {e.final:.4f}[/]", "", "", "", "", "")
     console.print(table)
-    console.print(f"[dim]{response.fusion} fusion by the {response.fused_by}, {response.took_ms:.0f} ms[/]")
+    total = response.total
+    summary = f"{response.fusion} fusion by the {response.fused_by}, {response.took_ms:.0f} ms"
+    if total is not None:
+        summary = f"{'at least ' if total.relation == 'gte' else ''}{total.value:,} results; " + summary
+    if response.collapsed_by:
+        summary += f"; one hit per {response.collapsed_by}"
+    if response.rules_applied:
+        summary += f"; rules: {markup_safe(', '.join(response.rules_applied))}"
+    console.print(f"[dim]{markup_safe(summary)}[/]")
+    for name, counts in response.facets.items():
+        values = ", ".join(f"{value} ({count})" for value, count in counts.items())
+        console.print(f"  [bold]{markup_safe(name)}[/]: {markup_safe(values or '-')}")
+    for name, stats in response.facets_stats.items():
+        console.print(
+            f"  [bold]{markup_safe(name)}[/]: {stats.min:g} - {stats.max:g}, avg {stats.avg:.2f} ({stats.count})"
+        )
+    if response.next_cursor:
+        console.print(f"[dim]next page: --cursor {response.next_cursor}[/]")
 
 
 @app.command()
@@ -242,7 +275,9 @@ def search(
             "--filter", "-f", help="FIELD OP VALUE, repeatable: 'category=shoes', 'price<=120', 'color=red|black'"
         ),
     ] = None,
-    k: Annotated[int, typer.Option("--k", help="number of hits")] = 10,
+    k: Annotated[
+        Optional[int], typer.Option("--k", help="number of hits [default: 10; with --cursor: as before]")
+    ] = None,
     offset: Annotated[int, typer.Option(help="skip this many hits (pagination)")] = 0,
     fusion: Annotated[str, typer.Option(help="rrf | dbsf | linear | zscore")] = "rrf",
     rrf_k: Annotated[float, typer.Option(help="RRF rank constant")] = 60.0,
@@ -252,12 +287,37 @@ def search(
     compose_alpha: Annotated[
         float, typer.Option(help="image share of the query vector when both text and image are given")
     ] = 0.3,
+    facet: Annotated[
+        Optional[list[str]], typer.Option("--facet", help="count values of this field beside the hits, repeatable")
+    ] = None,
+    collapse: Annotated[
+        Optional[str], typer.Option("--collapse", help="one hit per value of this keyword field, e.g. group_id")
+    ] = None,
+    boost: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--boost",
+            help="repeatable: 'log1p(popularity)*0.1', 'in_stock=true:+0.1', "
+            "'gauss(created_at, origin=now, scale=30d)*0.2'",
+        ),
+    ] = None,
+    rules: Annotated[
+        Optional[Path], typer.Option("--rules", help="merchandising rules file (JSON / YAML)", dir_okay=False)
+    ] = None,
+    cursor: Annotated[
+        Optional[str], typer.Option("--cursor", help="next_cursor of a previous search: its next page")
+    ] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="print each hit's score explanation")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
     model: ModelOpt = None,
     index: IndexOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Search the index by text, image, or image + modifier text; shows each signal's score."""
+    """Search the index by text, image, or image + modifier text; shows each signal's score.
+
+    Shop features: --facet (counts), --collapse (one hit per product, variants attached),
+    --boost (business ranking), --rules (pins / hides), --cursor (the next page, frozen).
+    """
     from clipfuse.factory import build_backend, build_searcher, model_settings_for_index
 
     settings = _settings(model, index, store)
@@ -269,32 +329,43 @@ def search(
                 if image.lower().startswith(("http://", "https://"))
                 else {"path": str(Path(image).resolve())}
             )
-        request = SearchRequest.model_validate(
-            {
+        if cursor is not None:
+            request = SearchRequest(cursor=cursor) if k is None else SearchRequest(cursor=cursor, k=k)
+        else:
+            fields: dict[str, Any] = {
                 "text": text,
                 "image": image_source,
                 "filters": [parse_filter(f) for f in (filter or [])],
-                "k": k,
+                "k": 10 if k is None else k,
                 "offset": offset,
                 "fusion": fusion,
                 "rrf_k": rrf_k,
                 "weights": _weights(weights),
                 "compose_alpha": compose_alpha,
+                "facets": facet or [],
+                "boosts": [parse_boost(b) for b in (boost or [])],
             }
-        )
+            if collapse:
+                fields["collapse"] = {"field": collapse}
+            request = SearchRequest.model_validate(fields)
         backend = build_backend(settings)
-        info = backend.index_info()
-        if info is None:
-            raise ClipfuseError(
-                f"index {settings.index!r} does not exist yet: run `clipfuse index PATH` (or `clipfuse demo`) first"
+        try:
+            info = backend.index_info()
+            if info is None:
+                raise ClipfuseError(
+                    f"index {settings.index!r} does not exist yet: run `clipfuse index PATH` (or `clipfuse demo`) first"
+                )
+            explicit = model is not None or "CLIPFUSE_MODEL__NAME" in __import__("os").environ
+            settings = settings.model_copy(
+                update={"model": model_settings_for_index(settings, info.model, explicit=explicit)}
             )
-        explicit = model is not None or "CLIPFUSE_MODEL__NAME" in __import__("os").environ
-        settings = settings.model_copy(
-            update={"model": model_settings_for_index(settings, info.model, explicit=explicit)}
-        )
-        searcher = build_searcher(settings, backend=backend)
-        response = searcher.search(request)
-        backend.close()
+            cursor_dir = settings.embedded_store / ".cursors" if settings.embedded_store is not None else None
+            searcher = build_searcher(settings, backend=backend, cursor_dir=cursor_dir)
+            if rules is not None:
+                searcher.load_rules(rules)
+            response = searcher.search(request)
+        finally:
+            backend.close()  # an error must not leave the embedded store locked
     except ClipfuseError as e:
         _fail(e)
     except ValueError as e:  # pydantic validation of the request
@@ -302,7 +373,8 @@ def search(
     if as_json:
         sys.stdout.write(response.model_dump_json(indent=2) + "\n")
     else:
-        _print_hits(response, title=f"query: {text or ''}{' + image ' + image if image else ''}")
+        title = f"query: {text or ''}{' + image ' + image if image else ''}" if cursor is None else "next page"
+        _print_hits(response, title=title, explain=explain)
 
 
 @app.command()

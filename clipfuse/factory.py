@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from qdrant_client import QdrantClient
 
     from clipfuse.embedding import Embedder
+    from clipfuse.plugin.cursor import CursorCodec
     from clipfuse.plugin.edge import EdgeBackend
     from clipfuse.plugin.protocol import Backend
     from clipfuse.plugin.searcher import HybridSearcher
@@ -273,12 +274,58 @@ def settings_for_existing_index(settings: Settings, *, explicit: bool) -> Settin
 
 
 def build_searcher(
-    settings: Settings, *, backend: Backend | None = None, embedder: Embedder | None = None
+    settings: Settings,
+    *,
+    backend: Backend | None = None,
+    embedder: Embedder | None = None,
+    cursor_dir: Path | None = None,
 ) -> HybridSearcher:
+    """A searcher from settings: the engine, the query model, the rules file, the cursor store.
+
+    ``cursor_dir``: keep cursors in files there (the CLI, see :func:`build_cursors`).
+    """
     from clipfuse.plugin.searcher import HybridSearcher
 
     return HybridSearcher(
         backend or build_backend(settings),
         embedder=embedder or build_query_embedder(settings.model),
         image_loader=build_image_loader(settings.images),
+        rules=settings.search.rules_file,
+        cursors=build_cursors(settings, directory=cursor_dir),
     )
+
+
+def build_cursors(settings: Settings, *, directory: Path | None = None) -> CursorCodec | None:
+    """Where searches freeze rankings for ``next_cursor``: see :class:`clipfuse.settings.SearchSettings`.
+
+    ``directory``: keep them in files there (the CLI, whose every command is a new process).
+    """
+    from clipfuse.plugin.cursor import CursorCodec, FileCursorStore, MemoryCursorStore, RedisCursorStore
+
+    conf = settings.search
+    secret = conf.cursor_secret.get_secret_value() if conf.cursor_secret is not None else None
+    kind = conf.cursor_store
+    if kind == "none":
+        return None
+    if directory is not None and kind in ("auto", "memory"):
+        files = FileCursorStore(directory, max_entries=conf.cursor_max_entries)
+        return CursorCodec(files, secret=secret or files.secret(), ttl_s=conf.cursor_ttl_s)
+    if kind == "auto":
+        kind = "memory" if settings.embedded_store is not None else "redis"
+    if kind == "memory":
+        return CursorCodec(MemoryCursorStore(conf.cursor_max_entries), secret=secret, ttl_s=conf.cursor_ttl_s)
+    import redis
+
+    url = conf.cursor_redis_url or settings.worker.state_url
+    if url is None:
+        broker = settings.broker.url
+        url = broker if broker.startswith(("redis://", "rediss://")) else "redis://127.0.0.1:6379/0"
+    store = RedisCursorStore(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
+    try:
+        key = secret or store.secret()
+    except redis.RedisError as e:
+        raise ConfigurationError(
+            f"cannot reach Redis for cursors at {url.split('@')[-1]}: {e}; set CLIPFUSE_SEARCH__CURSOR_REDIS_URL, "
+            "or CLIPFUSE_SEARCH__CURSOR_STORE=memory (one service instance) / none"
+        ) from None
+    return CursorCodec(store, secret=key, ttl_s=conf.cursor_ttl_s)

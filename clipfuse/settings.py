@@ -309,6 +309,32 @@ class ServiceSettings(BaseModel):
         return self
 
 
+class SearchSettings(BaseModel):
+    """Ranking features of searches: merchandising rules and cursors (``next_cursor``).
+
+    ``rules_file``: JSON or YAML rules (see ``clipfuse.schemas.rules``), loaded by the CLI and
+    the service; the service re-reads it when it changes (checked at most every
+    ``rules_reload_s``), and a file that fails validation keeps the previous rules (logged).
+    Cursors freeze a ranking for ``cursor_ttl_s``: in this process (``memory``), in Redis
+    (``redis``, shared by every service instance: give them the same ``cursor_secret``, or
+    leave it unset and they share one generated secret kept in that Redis), or ``auto``:
+    memory for the embedded engine, Redis for a server engine. The CLI keeps cursors in the
+    embedded store's folder, so ``clipfuse search --cursor`` works across invocations.
+    """
+
+    rules_file: Path | None = Field(None, description="merchandising rules file (JSON or YAML)")
+    rules_reload_s: float = Field(
+        2.0, ge=0, le=3600, description="the service checks the rules file for changes this often (0: never)"
+    )
+    cursor_store: Literal["auto", "memory", "redis", "none"] = Field("auto", description="where rankings are frozen")
+    cursor_ttl_s: float = Field(600.0, gt=0, le=86_400, description="how long a cursor's ranking is kept")
+    cursor_max_entries: int = Field(10_000, ge=1, le=10_000_000, description="rankings kept by the memory store")
+    cursor_redis_url: str | None = Field(
+        None, description="Redis for cursors (default: worker.state_url, else the broker URL when it is Redis)"
+    )
+    cursor_secret: SecretStr | None = Field(None, description="HMAC key that signs cursor tokens")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLIPFUSE_", env_nested_delimiter="__", extra="ignore")
 
@@ -331,6 +357,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     worker: WorkerSettings = WorkerSettings()
     service: ServiceSettings = ServiceSettings()
+    search: SearchSettings = SearchSettings()
 
     @property
     def engine(self) -> Literal["qdrant-edge", "qdrant", "elasticsearch"]:

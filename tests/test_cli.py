@@ -55,6 +55,35 @@ def test_search_filters_fusion_weights_paging(store: Path) -> None:
     assert [h["rank"] for h in page2["hits"]] == [4, 5, 6]
 
 
+def test_search_shop_options_facets_collapse_boost_rules_cursor(
+    store: Path, demo_catalog: Path, tmp_path: Path
+) -> None:
+    docs = [json.loads(line) for line in demo_catalog.read_text().splitlines() if line.strip()]
+    pinned = docs[5]["id"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        f"rules:\n  - id: pin-it\n    conditions: [{{pattern: boots, anchoring: contains}}]\n"
+        f"    consequence: {{pin: [{{id: {pinned}, position: 1}}]}}\n"
+    )
+    args = ["boots", "--k", "3", "--facet", "brand", "--collapse", "group_id", "--boost", "log1p(popularity)*0.1"]
+    first = _search(store, *args, "--rules", str(rules))
+    assert first["hits"][0]["id"] == pinned and first["hits"][0]["rule"] == "pin-it"
+    assert first["facets"]["brand"] and first["collapsed_by"] == "group_id"
+    assert first["hits"][1]["explanation"]["boosts"][0]["boost"] == "log1p(popularity) * 0.1"
+    # the cursor survives the process: the next command continues the frozen ranking
+    second = _search(store, "--cursor", first["next_cursor"])
+    assert [h["rank"] for h in second["hits"]] == [4, 5, 6]
+    assert not {h["id"] for h in first["hits"]} & {h["id"] for h in second["hits"]}
+    table = runner.invoke(app, ["search", *args, "--explain", "--store", str(store)])
+    assert table.exit_code == 0 and "brand" in table.output and "--cursor" in table.output
+    bad = runner.invoke(app, ["search", "boots", "--boost", "log1p(brand)", "--store", str(store)])
+    assert bad.exit_code != 0 and "needs a number field" in bad.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rules:\n  - id: x\n    conditions: [{pattern: boots}]\n    consequence: {hide: [nope]}\n")
+    bad = runner.invoke(app, ["search", "boots", "--rules", str(broken), "--store", str(store)])
+    assert bad.exit_code != 0 and "names documents the index does not hold" in bad.output
+
+
 def test_search_by_image(store: Path, demo_catalog: Path) -> None:
     first = json.loads(demo_catalog.read_text().splitlines()[0])
     image = demo_catalog.parent / first["images"][0]["path"]

@@ -150,6 +150,9 @@ def test_write_catalog_shape_and_images(tmp_path: Path) -> None:
             "brand",
             "price",
             "in_stock",
+            "group_id",
+            "popularity",
+            "created_at",
         ]
         assert attrs == {
             "category": p.category,
@@ -159,6 +162,9 @@ def test_write_catalog_shape_and_images(tmp_path: Path) -> None:
             "brand": p.brand,
             "price": p.price,
             "in_stock": p.in_stock,
+            "group_id": p.group_id,
+            "popularity": p.popularity,
+            "created_at": p.created_at,
         }
         assert isinstance(attrs["price"], float)
         assert isinstance(attrs["in_stock"], bool)
@@ -187,3 +193,45 @@ def test_write_catalog_png(tmp_path: Path) -> None:
         assert im.format == "PNG"
     with pytest.raises(ValueError):
         write_catalog(tmp_path, n=1, seed=2, image_format="gif")
+
+
+#: sha256 of generate_products(60, 3, text_noise=1.0) as dicts, computed before the shop fields existed
+PINNED_TEXTS_SHA256 = "1672856cdeee1f89af42bfc86d49fecfa99c52f3de468a2fa0703517982e5c96"
+
+
+def test_variant_groups_are_one_product_in_several_colours() -> None:
+    import datetime
+
+    from clipfuse.demo.catalog import GROUP_SIZE
+
+    products = generate_products(400, 907)
+    groups: dict[str, list[Product]] = {}
+    for p in products:
+        groups.setdefault(p.group_id, []).append(p)
+    multi = [g for g in groups.values() if len(g) > 1]
+    assert len(multi) >= 30  # the demo catalog has real variant groups
+    for members in groups.values():
+        assert len(members) <= GROUP_SIZE
+        assert len({m.color for m in members}) == len(members)  # each colour once
+        assert len({(m.brand, m.category, m.pattern, m.material) for m in members}) == 1
+        assert len({m.title.replace(m.color, "") for m in members}) == 1  # titles differ only in the colour
+    # a prefix of a catalog has the same groups, popularity and dates
+    assert generate_products(120, 907) == products[:120]
+    assert all(isinstance(p.popularity, int) and p.popularity >= 0 for p in products)
+    assert len({p.popularity for p in products}) > 50
+    dates = [datetime.date.fromisoformat(p.created_at) for p in products]
+    assert min(dates) >= datetime.date(2024, 1, 1) and max(dates) < datetime.date(2026, 1, 1)
+
+
+def test_shop_data_leaves_texts_and_visible_attributes_unchanged() -> None:
+    """The demo model was trained on these texts: the shop fields come from their own random streams."""
+    import dataclasses
+
+    products = generate_products(60, 3, text_noise=1.0)
+    digest = hashlib.sha256()
+    for p in products:
+        fields = dataclasses.asdict(p)
+        for extra in ("group_id", "popularity", "created_at"):
+            fields.pop(extra)
+        digest.update(json.dumps(fields, sort_keys=True).encode())
+    assert digest.hexdigest() == PINNED_TEXTS_SHA256

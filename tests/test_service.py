@@ -7,6 +7,7 @@ import io
 import json
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -446,9 +447,12 @@ def test_facets_list_fields_with_types_and_values(client: TestClient, documents:
         "brand": "keyword",
         "category": "keyword",
         "color": "keyword",
+        "created_at": "keyword",
+        "group_id": "keyword",
         "in_stock": "bool",
         "material": "keyword",
         "pattern": "keyword",
+        "popularity": "number",
         "price": "number",
     }
     categories = {v["value"]: v["count"] for v in fields["category"]["values"]}
@@ -804,3 +808,118 @@ def test_serve_command_builds_the_app_from_its_options(tmp_path: Path, monkeypat
     assert settings.index == "shop" and settings.embedded_store == store and settings.engine == "qdrant-edge"
     assert settings.service.catalog_root == (tmp_path / "demo" / "catalog").resolve()  # the demo layout
     assert seen["run"]["host"] == "127.0.0.1" and seen["run"]["port"] == 8123
+
+
+# -- shop ranking: facets, collapse, boosts, rules, cursors ----------------------------------
+def test_search_with_facets_collapse_and_boosts(client: TestClient, documents: list[dict[str, Any]]) -> None:
+    body = {
+        "text": "handbag",
+        "k": 5,
+        "facets": ["brand", "color", "price"],
+        "collapse": {"field": "group_id", "fields": ["color", "images"]},
+        "boosts": [
+            {"type": "field", "field": "popularity", "function": "log1p", "weight": 0.05},
+            {"type": "filter", "filters": [{"field": "in_stock", "value": True}], "weight": 0.1},
+        ],
+    }
+    response = client.post("/search", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["facet_scope"] == "window" and data["facets_count"] == "groups"
+    assert data["collapsed_by"] == "group_id" and data["total"]["relation"] in ("eq", "gte")
+    assert sum(data["facets"]["brand"].values()) == data["total"]["value"]  # one brand per group
+    assert set(data["facets_stats"]["price"]) == {"count", "min", "max", "avg", "sum"}
+    groups = [h["group"] for h in data["hits"]]
+    assert len(groups) == len(set(groups)) == 5
+    top = data["hits"][0]["explanation"]
+    assert [b["boost"] for b in top["boosts"]] == ["log1p(popularity) * 0.05", "in_stock eq True: +0.1"]
+    assert top["final"] == pytest.approx(top["normalised"] + sum(b["contribution"] for b in top["boosts"]))
+    by_id = {d["id"]: d for d in documents}
+    with_variants = [h for h in data["hits"] if h["variants"]]
+    for hit in with_variants:
+        for variant in hit["variants"]:
+            assert by_id[variant["id"]]["attributes"]["group_id"] == hit["group"]
+            assert variant["payload"]["color"] == by_id[variant["id"]]["attributes"]["color"]
+            assert variant["image_url"].startswith("/images/")
+
+
+def test_search_pages_with_a_cursor(client: TestClient) -> None:
+    first = client.post("/search", json={"text": "scarf", "k": 4}).json()
+    second = client.post("/search", json={"cursor": first["next_cursor"]}).json()
+    third = client.post("/search", json={"cursor": second["next_cursor"], "k": 8}).json()
+    ids = [h["id"] for page in (first, second, third) for h in page["hits"]]
+    assert len(ids) == len(set(ids)) == 16
+    plain = client.post("/search", json={"text": "scarf", "k": 16}).json()
+    assert ids == [h["id"] for h in plain["hits"]]
+    forged = first["next_cursor"][:-3] + "xyz"
+    response = client.post("/search", json={"cursor": forged})
+    assert response.status_code == 400 and "signature does not match" in response.json()["detail"]
+    response = client.post("/search", json={"cursor": first["next_cursor"], "text": "boots"})
+    assert response.status_code == 422 and "drop text" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"facets": ["size"]}, 400, "unknown facet field 'size'"),
+        ({"collapse": "price"}, 400, "collapse needs a keyword field"),
+        ({"boosts": [{"type": "field", "field": "brand", "function": "log1p"}]}, 400, "log1p needs a number field"),
+        (
+            {"boosts": [{"type": "decay", "field": "price", "origin": 50, "scale": 0}]},
+            422,
+            "scale must be greater than 0",
+        ),
+        ({"facets": ["brand"], "facet_scope": "everything"}, 422, "facet_scope"),
+    ],
+)
+def test_bad_ranking_requests_name_the_field(
+    client: TestClient, body: dict[str, Any], status: int, message: str
+) -> None:
+    response = client.post("/search", json={"text": "scarf", **body})
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_rules_file_is_reloaded_on_change_and_a_broken_one_keeps_the_previous(
+    searcher: Any, store: Path, catalog_dir: Path, documents: list[dict[str, Any]], tmp_path: Path, caplog: Any
+) -> None:
+    from clipfuse.schemas.rules import RuleSet
+
+    pinned, hidden = documents[7]["id"], documents[8]["id"]
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        f"rules:\n  - id: campaign\n    conditions: [{{pattern: scarf, anchoring: contains}}]\n"
+        f"    consequence: {{pin: [{{id: {pinned}, position: 1}}]}}\n"
+    )
+    settings = _settings(store, catalog_dir)
+    settings = settings.model_copy(
+        update={"search": settings.search.model_copy(update={"rules_file": rules_file, "rules_reload_s": 0.01})}
+    )
+    try:
+        with TestClient(create_app(settings, searcher=searcher)) as app:
+            data = app.post("/search", json={"text": "blue scarf", "k": 5}).json()
+            assert data["hits"][0]["id"] == pinned and data["hits"][0]["rule"] == "campaign"
+            assert data["rules_applied"] == ["campaign"]
+            # the file changes: the next search uses the new rules, no restart
+            time.sleep(0.05)
+            rules_file.write_text(
+                "rules:\n  - id: hide-one\n    conditions: [{pattern: scarf, anchoring: contains}]\n"
+                f"    consequence: {{hide: [{hidden}]}}\n"
+            )
+            time.sleep(0.05)
+            data = app.post("/search", json={"text": "blue scarf", "k": 60}).json()
+            assert data["rules_applied"] == ["hide-one"] and hidden not in [h["id"] for h in data["hits"]]
+            # a broken file: the previous rules stay, the log and /healthz say why
+            time.sleep(0.05)
+            rules_file.write_text(
+                "rules:\n  - id: bad\n    conditions: [{pattern: 'scarf*'}]\n    consequence: {hide: [x]}\n"
+            )
+            time.sleep(0.05)
+            with caplog.at_level("ERROR", logger="clipfuse.service.app"):
+                data = app.post("/search", json={"text": "blue scarf", "k": 60}).json()
+            assert data["rules_applied"] == ["hide-one"]
+            assert "previous rules stay in use" in caplog.text and "'scarf*' contains *" in caplog.text
+            health = app.get("/healthz").json()
+            assert "scarf*" in health["checks"]["rules"]["detail"]["error"]
+    finally:
+        searcher.rules = RuleSet()

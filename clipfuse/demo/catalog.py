@@ -13,7 +13,13 @@ line::
      "title": "...", "caption": "...", "description": "...",
      "attributes": {"category": "...", "color": "...", "pattern": "...",
                     "material": "...", "brand": "...", "price": 89.0,
-                    "in_stock": true}}
+                    "in_stock": true, "group_id": "g007-00040",
+                    "popularity": 37, "created_at": "2025-04-17"}}
+
+``group_id`` makes colour variants of one product (same brand, category, pattern and
+material: titles that differ only in the colour), ``popularity`` and ``created_at`` feed
+business boosts; they come from random streams of their own, so the texts and images
+(what the demo model learned from) are exactly what they were before they existed.
 
 Image paths are relative to the folder holding the JSONL file.
 
@@ -29,6 +35,7 @@ ground truth) are never changed.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import hashlib
 import json
@@ -144,6 +151,13 @@ class Product:
     title: str
     caption: str
     description: str
+    #: the product this is a colour variant of: products of one brand, category, pattern and material
+    #: (their titles differ only in the colour), at most GROUP_SIZE per group, each colour once
+    group_id: str = ""
+    #: a popularity figure (e.g. sales in the last 30 days), heavy-tailed
+    popularity: int = 0
+    #: when the product was listed, an ISO date
+    created_at: str = "2024-01-01"
 
 
 # --------------------------------------------------------------------------- text
@@ -321,6 +335,38 @@ def noisy_texts(product: Product, seed: int, text_noise: float) -> tuple[str, st
     return title, caption, description
 
 
+GROUP_SIZE = 4
+"""Largest variant group of the demo catalog."""
+
+_EPOCH = datetime.date(2024, 1, 1)
+
+
+def _with_shop_data(products: list[Product], seed: int) -> list[Product]:
+    """Variant groups, popularity and listing dates, from their own random streams.
+
+    The texts, attributes and images (what the demo model learned from) stay exactly as
+    they were. A product joins the first group of its (brand, category, pattern, material)
+    that has fewer than GROUP_SIZE members and not its colour yet, else it founds a group
+    named after itself; this depends only on earlier products, so a prefix of a catalog
+    has the same groups.
+    """
+    open_groups: dict[tuple[str, str, str, str], list[tuple[str, set[str]]]] = {}
+    out = []
+    for p in products:
+        key = (p.brand, p.category, p.pattern, p.material)
+        groups = open_groups.setdefault(key, [])
+        group = next((g for g in groups if len(g[1]) < GROUP_SIZE and p.color not in g[1]), None)
+        if group is None:
+            group = (f"g{p.id[1:]}", set())
+            groups.append(group)
+        group[1].add(p.color)
+        rng = random.Random(f"clipfuse-demo-shop:{seed}:{p.id}")
+        popularity = min(100_000, int(rng.paretovariate(1.1) * 10) - 10)
+        created = _EPOCH + datetime.timedelta(days=rng.randrange(730))
+        out.append(dataclasses.replace(p, group_id=group[0], popularity=popularity, created_at=created.isoformat()))
+    return out
+
+
 def generate_products(n: int, seed: int, *, text_noise: float = 0.0) -> list[Product]:
     """Generate ``n`` products deterministically from ``seed``.
 
@@ -364,6 +410,7 @@ def generate_products(n: int, seed: int, *, text_noise: float = 0.0) -> list[Pro
                 **fields,
             )
         )
+    products = _with_shop_data(products, seed)
     if text_noise > 0:
         noisy = []
         for p in products:
@@ -833,6 +880,9 @@ def product_to_document(product: Product, image_path: str) -> dict[str, Any]:
             "brand": product.brand,
             "price": product.price,
             "in_stock": product.in_stock,
+            "group_id": product.group_id,
+            "popularity": product.popularity,
+            "created_at": product.created_at,
         },
     }
 

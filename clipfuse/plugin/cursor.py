@@ -17,13 +17,16 @@ the same secret on each, ``CLIPFUSE_SEARCH__CURSOR_SECRET``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
 import zlib
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -34,6 +37,7 @@ from clipfuse.schemas.search import FacetScope, FacetStats, FusionMethod, Hit, T
 __all__ = [
     "CursorCodec",
     "CursorStore",
+    "FileCursorStore",
     "FrozenRanking",
     "MemoryCursorStore",
     "RedisCursorStore",
@@ -106,6 +110,55 @@ class RedisCursorStore:
     def get(self, key: str) -> bytes | None:
         value = self.client.get(self.prefix + key)
         return bytes(value) if value is not None else None
+
+    def secret(self) -> bytes:
+        """A signing key shared by every instance using this Redis (generated once, ``SET NX``)."""
+        name = self.prefix + ".secret"
+        self.client.set(name, secrets.token_bytes(32), nx=True)
+        return bytes(self.client.get(name))
+
+
+class FileCursorStore:
+    """One file per ranking in a folder (the CLI: each ``clipfuse search`` is a new process)."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_entries: int = 1_000) -> None:
+        self.directory = Path(directory)
+        self.max_entries = max_entries
+
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        expires = time.time() + ttl_s
+        tmp = self.directory / f".{key}.tmp"
+        tmp.write_bytes(f"{expires:.3f}\n".encode() + value)
+        os.replace(tmp, self.directory / key)
+        files = sorted(self.directory.glob("[!.]*"), key=lambda p: p.stat().st_mtime)
+        for old in files[: max(0, len(files) - self.max_entries)]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+    def get(self, key: str) -> bytes | None:
+        if not key.replace("-", "").replace("_", "").isalnum():
+            return None
+        try:
+            raw = (self.directory / key).read_bytes()
+        except OSError:
+            return None
+        head, _, body = raw.partition(b"\n")
+        try:
+            expired = float(head) < time.time()
+        except ValueError:
+            return None
+        return None if expired else body
+
+    def secret(self) -> bytes:
+        """A signing key kept beside the rankings (created once, readable by this user only)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / ".secret"
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        return path.read_bytes()
 
 
 def _b64(data: bytes) -> str:

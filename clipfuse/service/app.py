@@ -46,6 +46,7 @@ from clipfuse.images import ImageLimits, ImageLoader
 from clipfuse.plugin.protocol import Aliased
 from clipfuse.schemas import Document, Hit, ImageSource, SearchRequest, SearchResponse, Weights, parse_filter
 from clipfuse.schemas import limits as L
+from clipfuse.schemas.search import Variant
 from clipfuse.service.algolia_api import algolia_router
 from clipfuse.service.facets import Facets, compute_facets
 from clipfuse.service.limits import BodyLimitMiddleware
@@ -69,9 +70,15 @@ _SMALL_BODY = 64 * 1024
 
 
 # -- response models ----------------------------------------------------------------------
+class ServiceVariant(Variant):
+    #: the variant's first image, when the request asked for ``images`` in ``collapse.fields``
+    image_url: str | None = None
+
+
 class ServiceHit(Hit):
     #: where the web page can load the product's first image (``/images/...`` or the product's URL)
     image_url: str | None = None
+    variants: list[ServiceVariant] = Field(default_factory=list)  # type: ignore[assignment]
 
 
 class ServiceSearchResponse(SearchResponse):
@@ -229,6 +236,11 @@ class Service:
         self._embedders: dict[str, Any] = {}
         self._retired: list[Any] = []
         self._facets: tuple[float, Facets] | None = None
+        self._rules_lock = threading.Lock()
+        self._rules_checked_at = 0.0
+        self._rules_signature_loaded: tuple[int, int] | None = None
+        #: why the rules file last failed to load (None: the rules in use are the file's)
+        self.rules_error: str | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="clipfuse-health")
         root = settings.service.catalog_root
         self.catalog_root = Path(root).resolve() if root is not None else None
@@ -238,6 +250,7 @@ class Service:
         with self._start_lock:
             if self.started:
                 return
+            from clipfuse.factory import build_cursors
             from clipfuse.plugin.searcher import HybridSearcher
 
             if self.backend is None:
@@ -265,8 +278,17 @@ class Service:
                     info = None
                 explicit = "name" in self.settings.model.model_fields_set
                 embedder = self._embedder_for(info.model if info else None, explicit=explicit)
-                self.searcher = HybridSearcher(searched, embedder=embedder, image_loader=self._image_loader())
+                self.searcher = HybridSearcher(
+                    searched,
+                    embedder=embedder,
+                    image_loader=self._image_loader(),
+                    cursors=build_cursors(self.settings),
+                )
                 self._alias_at = time.monotonic()
+            if self.settings.search.rules_file is not None:
+                self.reload_rules(force=True)
+                if self.rules_error is not None:
+                    raise ConfigurationError(f"rules file {self.settings.search.rules_file}: {self.rules_error}")
             loaded = self.searcher.embedder
             self.model_id = getattr(loaded, "model_id", None) if loaded is not None else None
             self.started = True
@@ -314,7 +336,11 @@ class Service:
         except Exception as e:  # e.g. the new shard still held by the re-index process: try again later
             log.warning("the alias %s moved but cannot follow it yet: %s", self.settings.index, e)
             return searcher
-        following = HybridSearcher(backend, embedder=embedder, image_loader=self._image_loader())
+        # the same cursor store (a page started before the move still continues) and the same rules
+        following = HybridSearcher(
+            backend, embedder=embedder, image_loader=self._image_loader(), cursors=searcher.cursors
+        )
+        following.rules = searcher.rules
         log.info(
             "alias %s moved: %s -> %s (model %s)", self.settings.index, self._target, record.target, info and info.model
         )
@@ -402,6 +428,7 @@ class Service:
 
     def search(self, request: SearchRequest, root_path: str) -> ServiceSearchResponse:
         searcher = self.follow_alias()
+        self.reload_rules()
         mode = _mode(request)
         started = time.perf_counter()
         try:
@@ -417,12 +444,60 @@ class Service:
         self.metrics.searches.labels(mode, "ok").inc()
         self.metrics.search_latency.labels(mode).observe(time.perf_counter() - started)
         hits = [
-            ServiceHit(**hit.model_dump(), image_url=self.image_url(hit.payload.get("images"), root_path))
+            ServiceHit(
+                **hit.model_dump(exclude={"variants"}),
+                image_url=self.image_url(hit.payload.get("images"), root_path),
+                variants=[
+                    ServiceVariant(**v.model_dump(), image_url=self.image_url(v.payload.get("images"), root_path))
+                    for v in hit.variants
+                ],
+            )
             for hit in response.hits
         ]
-        return ServiceSearchResponse(
-            hits=hits, fusion=response.fusion, fused_by=response.fused_by, took_ms=response.took_ms
-        )
+        return ServiceSearchResponse(**response.model_dump(exclude={"hits"}), hits=hits)
+
+    # merchandising rules
+    def _rules_signature(self, path: Path) -> tuple[int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def reload_rules(self, *, force: bool = False) -> None:
+        """Load the rules file when it changed (checked at most every ``rules_reload_s``).
+
+        A file that fails to load or to validate keeps the rules in use, and the reason is
+        logged and shown by ``GET /healthz``; a missing index postpones the first load.
+        """
+        path = self.settings.search.rules_file
+        if path is None or self.searcher is None:
+            return
+        now = time.monotonic()
+        interval = self.settings.search.rules_reload_s
+        if not force and (interval == 0 or now - self._rules_checked_at < interval):
+            return
+        with self._rules_lock:
+            if not force and now - self._rules_checked_at < interval:
+                return
+            self._rules_checked_at = now
+            signature = self._rules_signature(Path(path))
+            if not force and signature == self._rules_signature_loaded:
+                return
+            try:
+                with self.engine():
+                    ruleset = self.searcher.load_rules(path)
+            except InvalidQuery as e:  # no index yet: load when there is one
+                log.info("rules file %s not loaded yet: %s", path, e.message)
+                return
+            except ClipfuseError as e:
+                self.rules_error = e.message
+                self._rules_signature_loaded = signature
+                log.error("rules file %s was not (re)loaded, the previous rules stay in use: %s", path, e.message)
+                return
+            self._rules_signature_loaded = signature
+            self.rules_error = None
+            log.info("rules file %s loaded: %d rules", path, len(ruleset.rules))
 
     def image_url(self, images: Any, root_path: str) -> str | None:
         if not isinstance(images, list) or not images or not isinstance(images[0], str):
@@ -502,6 +577,14 @@ class Service:
             }
 
         checks["backend"] = self._timed(engine)
+        rules_file = self.settings.search.rules_file
+        if rules_file is not None:
+            in_use = len(searcher.rules.rules) if searcher is not None else 0
+            detail: dict[str, Any] = {"file": str(rules_file), "rules": in_use}
+            if self.rules_error is not None:  # still serving, with the previous rules: not a failed check
+                detail["error"] = self.rules_error
+                detail["serving"] = "the previous rules"
+            checks["rules"] = Check(ok=True, detail=detail)
         with_broker = self.settings.service.check_broker
         if with_broker is None:  # a query-only install (clipfuse[service]) has no broker client: nothing to check
             with_broker = not getattr(backend, "is_local", False) and _broker_client_installed(self.settings.broker.url)
