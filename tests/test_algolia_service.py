@@ -187,6 +187,15 @@ def test_image_extension_finds_the_photo_first(
     assert result["hits"][0]["objectID"] == doc["id"]
 
 
+def test_distinct_collapses_the_demo_catalogs_variant_groups(client: TestClient) -> None:
+    """The demo catalog has variant groups (group_id): distinct gives one hit per group."""
+    result = _one(client, query="solid", hitsPerPage=20, distinct=True)
+    groups = [h["group_id"] for h in result["hits"]]
+    assert len(groups) == len(set(groups)) == 20
+    plain = _one(client, query="solid", hitsPerPage=60)
+    assert len({h["group_id"] for h in plain["hits"]}) < len(plain["hits"])  # some products share a group
+
+
 @pytest.mark.parametrize(
     ("params", "status", "needle"),
     [
@@ -195,7 +204,7 @@ def test_image_extension_finds_the_photo_first(
         ({"filters": "brand:Acme OR OR"}, 400, "filters"),
         ({"filters": "price > cheap"}, 400, "not a number"),
         ({"facetFilters": [["size:38"]]}, 400, "unknown filter field 'size'"),
-        ({"distinct": True}, 400, "group_id"),
+        ({"distinct": True, "clipfuseDistinctField": "nope"}, 400, "no attribute 'nope'"),
         ({"clipfuseImage": "bm90IGFuIGltYWdl"}, 400, "not an image"),
         ({"clipfuseImage": "%%%"}, 400, "clipfuseImage"),
         ({"query": "x" * 2000}, 400, "query"),

@@ -475,3 +475,17 @@ def test_a_cursor_request_takes_only_the_cursor_and_k() -> None:
     assert SearchRequest(cursor="c1.x.1.y", k=5).k == 5
     with pytest.raises(ValueError, match="drop filters, text"):
         SearchRequest(cursor="c1.x.1.y", text="boots", filters=[])
+
+
+def test_payload_filter_trees_follow_all_any_none() -> None:
+    from clipfuse.plugin.ranking import payload_matches_tree
+    from clipfuse.schemas.search import FilterGroup
+
+    red = FilterCondition(field="color", value="red")
+    cheap = FilterCondition(field="price", op="lt", value=20)
+    tree = FilterGroup(any=[red, cheap], none=[FilterCondition(field="brand", value="Acme")])
+    assert payload_matches_tree({"color": "red", "price": 50}, tree)
+    assert payload_matches_tree({"color": "blue", "price": 10}, tree)
+    assert not payload_matches_tree({"color": "blue", "price": 50}, tree)
+    assert not payload_matches_tree({"color": "red", "brand": "Acme"}, tree)
+    assert not payload_matches({"color": "red"}, [cheap])
