@@ -214,3 +214,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "text->image R@10" in out and "hybrid" in out
     assert "text: '" in out and "image + text" in out and "text + filter" in out
     assert "rrf fusion by the engine" in out
+    flat = " ".join(out.split())  # rich wraps long lines at the terminal width
+    assert "group_id" in flat and "brand: " in flat and "log1p" in flat and "--cursor c1." in flat  # shop page
+    assert "rules: backpack-week" in flat and "variants" in flat

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from clipfuse.schemas import FilterCondition, ImageSource, SearchRequest, Weights
+from clipfuse.schemas.rules import RuleSet
 from clipfuse.settings import DEMO_MODEL, Settings
 
 __all__ = ["DEMO_SEED", "recall_at_k", "run_demo"]
@@ -103,6 +104,39 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
         ]
         for title, request in samples:
             _print_hits(searcher.search(request), title=title)
+
+        console.print("   a shop page: facets, one hit per product (colour variants attached), business boosts")
+        shop = SearchRequest.model_validate(
+            {
+                "text": "handbag",
+                "k": 5,
+                "facets": ["brand", "color", "price"],
+                "max_values_per_facet": 5,
+                "collapse": {"field": "group_id", "fields": ["color"]},
+                "boosts": [
+                    {"type": "field", "field": "popularity", "function": "log1p", "weight": 0.05},
+                    {"type": "filter", "filters": [{"field": "in_stock", "value": True}], "weight": 0.1},
+                    {"type": "decay", "field": "created_at", "origin": "2025-12-31", "scale": "90d", "weight": 0.1},
+                ],
+            }
+        )
+        _print_hits(searcher.search(shop), title="shop: 'handbag', collapsed by group_id, boosted", explain=True)
+        pinned = next(p for p in products if p["attributes"]["category"] == "backpack")
+        rules_path = directory / "rules.yaml"
+        rules_path.write_text(
+            "rules:\n"
+            "  - id: backpack-week\n"
+            "    description: promote a backpack on handbag searches\n"
+            "    conditions: [{pattern: handbag, anchoring: contains}]\n"
+            f"    consequence: {{pin: [{{id: {pinned['id']}, position: 1}}]}}\n",
+            encoding="utf-8",
+        )
+        searcher.load_rules(rules_path)
+        _print_hits(
+            searcher.search(shop.model_copy(update={"boosts": []})),
+            title=f"the same search with the rules file {rules_path.name}: {pinned['id']} pinned first",
+        )
+        searcher.load_rules(RuleSet())
 
         console.print("4. retrieval figures on this catalog (query = a product's caption, target = that product)")
         queries = [(p["caption"], p["id"]) for p in products[:200]]
