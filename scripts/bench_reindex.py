@@ -1,0 +1,100 @@
+"""Re-index throughput against `clipfuse index` on the same catalog, in the same run.
+
+    python scripts/bench_reindex.py --n 400 --steps 5
+
+Generates the demo catalog, trains a second checkpoint of the same architecture with the
+project's training script (a few steps: the cost per document is the architecture's, not
+the weights'), indexes the catalog with the demo model (`clipfuse index`'s in-process path,
+Qdrant Edge) and re-indexes it into the second model (`clipfuse reindex`'s path), and
+prints documents per second of each and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=400)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    from clipfuse.cli import run_index
+    from clipfuse.demo.catalog import write_catalog
+    from clipfuse.reindex.cli import run_reindex
+    from clipfuse.settings import Settings
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="clipfuse-bench-reindex-"))
+    catalog = write_catalog(work / "catalog", n=args.n, seed=913, image_size=args.image_size)
+    second = work / "second-model"
+    if not (second / "open_clip_model.safetensors").is_file():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clipfuse.demo.train",
+                "--out",
+                str(second),
+                "--steps",
+                str(args.steps),
+                "--eval-n",
+                "50",
+                "--threads",
+                "2",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    settings = Settings().with_store(work / "store")
+    settings = settings.model_copy(
+        update={
+            "model": settings.model.model_copy(update={"name": "clipfuse-demo", "pretrained": None, "device": "cpu"})
+        }
+    )
+    # the same pipeline as `clipfuse index` (build_writer: what run_index uses), with the model loaded
+    # first and the JPEGs in the page cache (a warm-up run), as the re-index's copy stage has them
+    from clipfuse.factory import build_embedder, build_writer
+    from clipfuse.sources import CatalogReader
+
+    embedder = build_embedder(settings.model)
+    embedder.load()  # type: ignore[attr-defined]
+    warm = settings.with_store(work / "warm-up")
+    run_index(warm.model_copy(update={"model": settings.model}), catalog, show_progress=False, optimize=False)
+    writer = build_writer(settings, base_dir=catalog.parent, embedders={embedder.model_id: embedder})
+    try:
+        started = time.perf_counter()
+        report = writer.index(CatalogReader(catalog))
+        index_seconds = time.perf_counter() - started
+    finally:
+        writer.close()
+    index_rate = report.indexed / index_seconds
+    summary = run_reindex(
+        settings,
+        model_name=f"local-dir:{second}",
+        pretrained=None,
+        images_root=catalog.parent,
+        show_progress=False,
+    )
+    copy_seconds = summary["timings"]["copy"]
+    reindex_rate = summary["copied"] / copy_seconds
+    total_rate = summary["copied"] / summary["seconds"]
+    print(f"catalog: {args.n} products, {args.image_size}px JPEGs, Qdrant Edge, CPU")
+    print(f"clipfuse index:   {report.indexed} docs in {index_seconds:.2f}s = {index_rate:.1f} docs/s")
+    print(
+        f"clipfuse reindex: {summary['copied']} docs re-embedded in {copy_seconds:.2f}s = {reindex_rate:.1f} docs/s "
+        f"(whole run with prepare / verify / swap: {summary['seconds']:.2f}s = {total_rate:.1f} docs/s)"
+    )
+    print(f"ratio reindex / index: {reindex_rate / index_rate:.2f} (whole run: {total_rate / index_rate:.2f})")
+    print("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["timings"].items()))
+
+
+if __name__ == "__main__":
+    main()
