@@ -7,6 +7,7 @@ refuse it against the shipped demo model and accept the demo model against it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -162,3 +163,75 @@ def test_sigkill_half_way_then_rerun_resumes_with_the_same_result(tmp_path: Path
     for doc_id, (payload, vector) in reference.items():
         assert resumed[doc_id][0] == payload
         np.testing.assert_allclose(resumed[doc_id][1], vector, atol=1e-5)
+
+
+def test_a_searcher_in_a_loop_sees_no_error_and_switches_model_at_the_swap(
+    tmp_path: Path, weak_model: Path, demo_catalog: Path
+) -> None:
+    """The service's searcher queries in a loop (a thread) while the re-index runs and swaps in the same
+    process (an embedded store is open once per process): 0 errors, the old model until the swap,
+    the new one within the alias check interval after it."""
+    import threading
+
+    from clipfuse.cli import run_index
+    from clipfuse.reindex.cli import run_reindex
+    from clipfuse.schemas import SearchRequest
+    from clipfuse.service.app import Service
+    from clipfuse.settings import Settings
+
+    settings = Settings().with_store(tmp_path / "store")
+    settings = settings.model_copy(
+        update={
+            "backend": "qdrant-edge",
+            "model": settings.model.model_copy(update={"name": "clipfuse-demo", "pretrained": None, "device": "cpu"}),
+            "service": settings.service.model_copy(update={"alias_check_s": 0.1}),
+        }
+    )
+    assert run_index(settings, demo_catalog, show_progress=False).indexed == 60
+    service = Service(settings)
+    service.start()
+    seen: list[tuple[float, str | None]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def search_loop() -> None:
+        request = SearchRequest(text="red dress", k=5)
+        while not stop.is_set() and len(seen) < 5000:
+            try:
+                response = service.search(request, "")
+                assert response.hits
+                seen.append((time.monotonic(), service.model_id))
+            except BaseException as e:
+                errors.append(e)
+            time.sleep(0.005)
+
+    moments: dict[str, float] = {}
+    thread = threading.Thread(target=search_loop, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    try:
+        run_reindex(
+            settings,
+            model_name=f"local-dir:{weak_model}",
+            pretrained=None,
+            images_root=demo_catalog.parent,
+            show_progress=False,
+            root=service.backend,
+            on_step=lambda step, job: moments.setdefault(step, time.monotonic()),
+        )
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        service.stop()
+    assert not errors, errors[:3]
+    swapped = moments["swapped"]
+    before = [model for t, model in seen if t < moments["prepared"]]
+    during = [model for t, model in seen if moments["prepared"] <= t < swapped]
+    after = [model for t, model in seen if t > swapped + 0.5]
+    assert before and during and after, (len(before), len(during), len(after))
+    assert set(before) == set(during) == {"clipfuse-demo"}  # nothing served from the half-built index
+    assert set(after) == {f"local-dir:{weak_model}"}
+    models = [model for _, model in seen]
+    switches = sum(1 for a, b in itertools.pairwise(models) if a != b)
+    assert switches == 1

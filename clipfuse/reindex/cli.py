@@ -84,11 +84,14 @@ def run_reindex(
     dry_run: bool = False,
     show_progress: bool = True,
     on_step: Any = None,
+    root: Backend | None = None,
 ) -> dict[str, Any]:
     """Re-embed the documents behind ``settings.index`` with another model and swap the alias (in-process).
 
     Returns a summary (plan, counts, timings, gate, outcome); raises :class:`SwapRefused`
     when the new index is incomplete or refused by the gate (the alias stays on the old index).
+    ``root``: an open backend of the store to use (a service in the same process shares its own;
+    an embedded store is open once per process), left open.
     """
     from clipfuse.factory import build_backend, build_embedder, build_image_loader, build_indexer, embedder_for_model
     from clipfuse.reindex.job import Reindexer, SwapRefused
@@ -102,7 +105,8 @@ def run_reindex(
         embedder = embedder_for_model(settings, model_id, cache)
         return build_indexer(settings, backend=backend, embedder=embedder, base_dir=images_root)
 
-    root = build_backend(settings)
+    owns_root = root is None
+    root = root or build_backend(settings)
     job = Reindexer(root, settings.index, model_id=new_embedder.model_id, indexer_for=indexer_for)
     summary: dict[str, Any] = {"alias": settings.index, "model": new_embedder.model_id}
     try:
@@ -186,7 +190,8 @@ def run_reindex(
     finally:
         summary.setdefault("timings", dict(job.timings))
         job.close()
-        root.close()
+        if owns_root:
+            root.close()
 
 
 def reindex_command(
