@@ -22,7 +22,7 @@ from clipfuse.eval.loaders import EvalQuery, load_karpathy, load_qrels, load_que
 from clipfuse.eval.metrics import METRICS
 from clipfuse.eval.runner import ConfigResult, SignalLists, collect_signals, evaluate_configs, standard_configs
 from clipfuse.eval.tuning import RRF_K_GRID, WEIGHT_GRID, split_queries, tune
-from clipfuse.schemas import Weights
+from clipfuse.schemas import SearchRequest, Weights
 
 __all__ = ["app", "eval_command", "register", "run_eval"]
 
@@ -65,6 +65,25 @@ def _parse_weights(spec: str | None) -> Weights:
     return Weights(**values)
 
 
+def distinct_groups(searcher: Any, queries: list[EvalQuery], *, limit: int = 100) -> dict[str, Any]:
+    """Mean number of distinct products (``group_id``) in the top 10, without and with collapse.
+
+    Run on up to ``limit`` text queries with the default hybrid search: without collapse, colour
+    variants of one product take several of the ten places; with ``collapse="group_id"`` each
+    place is another product.
+    """
+    texts = [q.text for q in queries if q.text and q.image is None][:limit]
+    plain: list[int] = []
+    collapsed: list[int] = []
+    for text in texts:
+        hits = searcher.search(SearchRequest(text=text, k=10)).hits
+        plain.append(len({h.payload.get("group_id", h.id) for h in hits}))
+        grouped = searcher.search(SearchRequest(text=text, k=10, collapse="group_id")).hits
+        collapsed.append(len({h.group or h.id for h in grouped}))
+    n = max(1, len(texts))
+    return {"queries": len(texts), "without_collapse": sum(plain) / n, "with_collapse": sum(collapsed) / n}
+
+
 def run_eval(
     settings: Any,
     queries: list[EvalQuery],
@@ -99,6 +118,7 @@ def run_eval(
                 searcher, queries, depth=depth, on_query=lambda _n: progress.advance(task, 1)
             )
         documents = backend.count()
+        distinct = distinct_groups(searcher, queries) if info.fields.get("group_id") == "keyword" else None
     finally:
         backend.close()
 
@@ -155,6 +175,8 @@ def run_eval(
         "notes": coverage.notes(),
     }
     report["configs"] = [r.to_json() for r in results]
+    if distinct is not None:
+        report["distinct_groups_top10"] = distinct
     singles = [r for r in results if r.config.single_signal]
     fused = [r for r in results if not r.config.single_signal]
     if singles and fused:
@@ -369,6 +391,12 @@ def eval_command(
         console.print(f"[yellow]note:[/] {note}")
     if report["query_errors"]:
         console.print(f"[yellow]note:[/] {len(report['query_errors'])} queries failed and score 0 (see the JSON)")
+    groups = report.get("distinct_groups_top10")
+    if groups:
+        console.print(
+            f"distinct products (group_id) in the top 10, hybrid, {groups['queries']} text queries: "
+            f"{groups['without_collapse']:.2f} without collapse, {groups['with_collapse']:.2f} with collapse"
+        )
     if "best_single" in report:
         verdict = "beats" if report["fused_beats_single"] else "does NOT beat"
         console.print(

@@ -24,6 +24,7 @@ from clipfuse.eval.loaders import EvalQuery
 from clipfuse.eval.metrics import Evaluation, Qrels, evaluate, mean
 from clipfuse.plugin import fusion
 from clipfuse.plugin.fusion import Ranked
+from clipfuse.plugin.ranking import tie_order
 from clipfuse.schemas import SearchRequest, Weights
 from clipfuse.schemas.search import SIGNALS, FusionMethod
 
@@ -147,8 +148,9 @@ def collect_signals(
             request = query.request(weights=Weights(), fusion="linear", k=depth, candidates=candidates)
             hybrid = searcher.build_query(request)
             result = searcher.backend.search(hybrid)
+            # ties in document-id order, as HybridSearcher fuses them
             lists[query.id] = {
-                r.signal: list(ranked) for r, ranked in zip(hybrid.retrievers, result.lists, strict=True)
+                r.signal: tie_order(ranked) for r, ranked in zip(hybrid.retrievers, result.lists, strict=True)
             }
         except (ClipfuseError, ValueError) as e:
             errors[query.id] = str(e)

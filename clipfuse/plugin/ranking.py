@@ -58,6 +58,7 @@ __all__ = [
     "payload_matches",
     "payload_matches_tree",
     "signal_contributions",
+    "tie_order",
 ]
 
 
@@ -72,6 +73,15 @@ class Candidate:
     boosts: list[BoostExplanation] = field(default_factory=list)
     #: the rule that pinned or moved it
     rule: str | None = None
+
+
+def tie_order(ranked: Sequence[fusion.Ranked]) -> list[fusion.Ranked]:
+    """A signal's list with equal scores in document-id order (engines return ties in storage order).
+
+    :class:`~clipfuse.plugin.HybridSearcher` fuses these lists, so rankings do not depend on
+    how an engine happened to store documents.
+    """
+    return sorted(ranked, key=lambda r: (-r.score, r.id))
 
 
 # --------------------------------------------------------------------------- contributions

@@ -629,5 +629,4 @@ def _of(fields: Mapping[str, str], kind: str) -> str:
 
 
 def _stable(ranked: list[Ranked]) -> list[Ranked]:
-    """A signal's list with equal scores in document-id order (engines return ties in storage order)."""
-    return sorted(ranked, key=lambda r: (-r.score, r.id))
+    return ranking_steps.tie_order(ranked)
