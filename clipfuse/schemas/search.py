@@ -425,6 +425,16 @@ class SearchRequest(_Model):
       new colour first 29/30 times at 0.3 with all signals, 17/30 at 0.5.
     """
 
+    #: what JSON Schema can say of the rules below: a text (not blank) or an image, not all weights 0
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string", "pattern": r"\S"}}},
+                {"required": ["image"], "properties": {"image": {"type": "object"}}},
+            ],
+        },
+    )
+
     text: Annotated[str, Field(max_length=L.MAX_QUERY_TEXT_CHARS)] | None = None
     image: ImageSource | None = None
     weights: Weights = Weights()

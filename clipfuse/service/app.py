@@ -51,6 +51,7 @@ from clipfuse.service.algolia_api import algolia_router
 from clipfuse.service.facets import Facets, compute_facets
 from clipfuse.service.limits import BodyLimitMiddleware
 from clipfuse.service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from clipfuse.service.security import SecurityHeadersMiddleware
 from clipfuse.settings import Settings
 
 #: the library's default mix of image and modifier text, so the form and the JSON API rank alike
@@ -60,12 +61,13 @@ if TYPE_CHECKING:
     from clipfuse.plugin.protocol import Backend
     from clipfuse.plugin.searcher import HybridSearcher
 
-__all__ = ["STATIC_DIR", "ServiceHit", "ServiceSearchResponse", "create_app", "resolve_under"]
+__all__ = ["STATIC_DIR", "ErrorBody", "ServiceHit", "ServiceSearchResponse", "create_app", "resolve_under"]
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp")
 _SMALL_BODY = 64 * 1024
 
 
@@ -102,6 +104,34 @@ class Enqueued(BaseModel):
     refused: list[dict[str, Any]] = []
     #: the producer's report (messages, bytes, seconds)
     result: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the service (4xx, 5xx): ``detail`` says what was wrong, for people."""
+
+    detail: str
+    #: a machine code, for a document or query image that cannot be used (``image_too_large``, ...)
+    code: str | None = None
+    #: a 422 from request validation: each problem's location, message and type (the input is never echoed)
+    errors: list[dict[str, Any]] | None = None
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "a request the index cannot answer (an unknown filter field, an image that cannot be decoded) "
+    "or a malformed Content-Length",
+    401: "missing or wrong X-API-Key header",
+    403: "write endpoints are disabled: the operator has set no API key",
+    404: "no such image in the catalog folder, or no catalog folder configured",
+    413: "a body, an upload or an image over its size limit",
+    422: "the request does not validate: `detail` summarises, `errors` lists each problem",
+    502: "the search engine failed",
+    503: "the search engine or the broker is unavailable: retry later (see Retry-After)",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each with the ErrorBody schema."""
+    return {status: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
 
 
 class Check(BaseModel):
@@ -676,6 +706,7 @@ def create_app(
             max_age=86400,
         )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: every answer, errors included, carries them
 
     # errors -------------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
@@ -732,7 +763,7 @@ def create_app(
         response_model=ServiceSearchResponse,
         tags=["search"],
         summary="Search by text, image (URL or base64 data), or both",
-        responses={400: {"description": "a request the index cannot answer (e.g. unknown filter field)"}},
+        responses=_errors(400, 413, 422, 502, 503),
     )
     def search(request: Request, body: SearchRequest) -> ServiceSearchResponse:
         return service.search(service.checked_image(body), request.scope.get("root_path", ""))
@@ -742,6 +773,7 @@ def create_app(
         response_model=ServiceSearchResponse,
         tags=["search"],
         summary="Search with an uploaded image, optionally with a modifier text ('but in black')",
+        responses=_errors(400, 413, 422, 502, 503),
     )
     def search_image(
         request: Request,
@@ -791,7 +823,13 @@ def create_app(
             raise HTTPException(422, _readable(list(errors))) from None
         return service.search(body, request.scope.get("root_path", ""))
 
-    @app.get("/api/facets", response_model=Facets, tags=["search"], summary="Filterable fields and their values")
+    @app.get(
+        "/api/facets",
+        response_model=Facets,
+        tags=["search"],
+        summary="Filterable fields and their values",
+        responses=_errors(502, 503),
+    )
     def facets() -> Facets:
         return service.facets()
 
@@ -805,6 +843,7 @@ def create_app(
         tags=["ingestion"],
         summary="Enqueue documents for (re)indexing by the workers",
         dependencies=[Depends(require_api_key)],
+        responses=_errors(400, 401, 403, 413, 422, 503),
     )
     def post_documents(body: DocumentsRequest) -> Enqueued:
         if len(body.documents) > conf.max_documents_per_request:
@@ -834,8 +873,22 @@ def create_app(
         tags=["ingestion"],
         summary="Enqueue the deletion of a document",
         dependencies=[Depends(require_api_key)],
+        responses={
+            **_errors(400, 401, 403, 413, 422, 503),
+            404: {"model": ErrorBody, "description": "an id with a line break matches no route"},
+        },
     )
-    def delete_document(doc_id: Annotated[str, PathParam(min_length=1, max_length=L.MAX_ID_CHARS)]) -> Enqueued:
+    def delete_document(
+        doc_id: Annotated[
+            str,
+            PathParam(
+                min_length=1,
+                max_length=L.MAX_ID_CHARS,
+                pattern=r"^[^\x00-\x1f\x7f]+$",
+                description="the document's id (no control characters, as in documents)",
+            ),
+        ],
+    ) -> Enqueued:
         producer = service.producer()
         report = _call_producer(producer, producer.enqueue_delete, [doc_id], settings)
         answer = _enqueued("delete", [doc_id], report)
@@ -843,17 +896,41 @@ def create_app(
         return answer
 
     # operations -------------------------------------------------------------------------
-    @app.get("/healthz", response_model=Health, tags=["operations"], summary="Engine, broker and model checks")
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        tags=["operations"],
+        summary="Engine, broker and model checks",
+        responses={503: {"model": Health, "description": "a check failed (the body says which)"}},
+    )
     def healthz() -> JSONResponse:
         health = service.health()
         return JSONResponse(health.model_dump(mode="json"), status_code=200 if health.status == "ok" else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "metrics"}},
+    )
     def metrics() -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # images and the web page -----------------------------------------------------------
-    @app.get("/images/{path:path}", tags=["ui"], summary="A product image of the local catalog")
+    @app.get(
+        "/images/{path:path}",
+        tags=["ui"],
+        summary="A product image of the local catalog",
+        response_class=FileResponse,
+        responses={
+            200: {
+                "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_MEDIA_TYPES},
+                "description": "the image file",
+            },
+            **_errors(404),
+        },
+    )
     def image(path: str) -> FileResponse:
         root = service.catalog_root
         if root is None:
@@ -876,7 +953,7 @@ def create_app(
                 headers={
                     "Content-Security-Policy": (
                         "default-src 'self'; img-src 'self' data: blob: http: https:; "
-                        "style-src 'self'; script-src 'self'; connect-src 'self'"
+                        "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
                     ),
                     "Cache-Control": "no-cache",
                 },
