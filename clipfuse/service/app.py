@@ -928,7 +928,7 @@ def create_app(
                 "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_MEDIA_TYPES},
                 "description": "the image file",
             },
-            **_errors(404),
+            **_errors(404, 422),
         },
     )
     def image(path: str) -> FileResponse:
