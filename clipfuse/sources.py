@@ -51,7 +51,12 @@ def _images(folder: Path) -> Iterator[Path]:
 
 
 def _lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """(line number, its bytes without the line break or None when too long, its length) per line."""
+    """(line number, its bytes without the line break or None when too long, its length) per line.
+
+    A line over ``max_bytes`` of nothing but whitespace is blank: it comes back as ``b""``.
+    """
+    if fh.read(len(_BOM)) != _BOM:  # a UTF-8 byte-order mark opens some exports: not part of line 1
+        fh.seek(0)
     number = 0
     while True:
         raw = fh.readline(max_bytes + 1)
@@ -63,12 +68,14 @@ def _lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, in
             yield number, body, len(body)
             continue
         size = len(raw)  # too long: skip to the end of the line without keeping it
+        blank = not raw.strip(_BLANK)
         while True:
             rest = fh.readline(_SKIP_CHUNK)
             size += len(rest)
+            blank = blank and not rest.strip(_BLANK)
             if not rest or rest.endswith(b"\n"):
                 break
-        yield number, None, size - (1 if rest.endswith(b"\n") else 0)
+        yield number, b"" if blank else None, size - (1 if rest.endswith(b"\n") else 0)
 
 
 class CatalogReader:
@@ -110,8 +117,6 @@ class CatalogReader:
             return
         with self.path.open("rb") as fh:
             for number, body, size in _lines(fh, self.max_line_bytes):
-                if body is not None and number == 1 and body.startswith(_BOM):
-                    body = body[len(_BOM) :]
                 if body is not None and not body.strip(_BLANK):
                     continue
                 self._line_numbers.append(number)
@@ -137,9 +142,7 @@ class CatalogReader:
             return sum(1 for _ in _images(self.path))
         with self.path.open("rb") as fh:
             total = 0
-            for number, body, _ in _lines(fh, self.max_line_bytes):
-                if body is not None and number == 1 and body.startswith(_BOM):
-                    body = body[len(_BOM) :]
+            for _, body, _ in _lines(fh, self.max_line_bytes):
                 if body is None or body.strip(_BLANK):
                     total += 1
             return total
