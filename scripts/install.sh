@@ -6,13 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null || ! command -v docker-compose >/dev/null || ! command -v npm >/dev/null; then
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+# a machine with NodeSource's nodejs already has npm (and Debian's npm conflicts with it)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    echo "installing chromium and docker-compose from Debian"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose nodejs npm >/dev/null
+    echo "installing ${missing[*]} from Debian"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "note: install Debian's chromium and docker-compose (as root: apt-get install -y chromium docker-compose);" \
-      "the browser test fails without chromium and the compose check is skipped without docker-compose" >&2
+    echo "note: install Debian's ${missing[*]} (as root: apt-get install -y ${missing[*]});" \
+      "the browser tests fail without chromium and npm, and the compose check is skipped without docker-compose" >&2
   fi
 fi
 

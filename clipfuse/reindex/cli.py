@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -24,6 +25,8 @@ alias_app = typer.Typer(help="The alias users search and the physical indexes be
 IndexOpt = Annotated[Optional[str], typer.Option("--index", help="the alias [env CLIPFUSE_INDEX; default products]")]
 StoreOpt = Annotated[Optional[Path], typer.Option("--store", help="embedded store folder (as for clipfuse index)")]
 
+
+log = logging.getLogger(__name__)
 
 def _cli() -> Any:
     from clipfuse import cli
@@ -126,8 +129,13 @@ def run_reindex(
                 f"re-embedding with {new_embedder.model_id}", total=plan.source_documents, visible=show_progress
             )
 
+            done = 0
+
             def advanced(report: Any, n: int) -> None:
+                nonlocal done
+                done += n
                 progress.advance(task, n)
+                log.info("re-index: %d of %d documents done", done, plan.source_documents)
                 if on_step:
                     on_step("batch", job)
 
