@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
+from clipfuse.bench.cli import register as register_bench_command
+from clipfuse.console import console, err, fail, print_hits, print_report, settings_from_options
+from clipfuse.demo.run import run_demo
 from clipfuse.errors import ClipfuseError
-from clipfuse.schemas import IngestReport, SearchRequest, SearchResponse, Weights, parse_filter
+from clipfuse.eval.cli import register as register_eval_command
+from clipfuse.factory import (
+    build_backend,
+    build_searcher,
+    build_writer,
+    model_settings_for_index,
+    settings_for_existing_index,
+)
+from clipfuse.ingest.run import optimize_index, run_index
+from clipfuse.reindex.cli import describe_record
+from clipfuse.reindex.cli import register as register_reindex_commands
+from clipfuse.reindex.writer import resolve_alias
+from clipfuse.schemas import SearchRequest, Weights, parse_filter
 from clipfuse.schemas.safetext import markup_safe
 from clipfuse.schemas.search import parse_boost
-from clipfuse.settings import DEMO_MODEL, Settings
-from clipfuse.sources import CatalogReader
+from clipfuse.workers.cli import register as register_queue_commands
 
 app = typer.Typer(
     help="clipfuse: multimodal hybrid search (OpenCLIP + BM25) for product catalogs on Qdrant and Elasticsearch. "
@@ -28,10 +39,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
-
-
 ModelOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -49,109 +56,6 @@ StoreOpt = Annotated[
         "default clipfuse-data/edge]; a folder holding a qdrant-client local store is opened with qdrant-client",
     ),
 ]
-
-
-def _settings(model: str | None = None, index: str | None = None, store: Path | None = None, **extra: Any) -> Settings:
-    settings = Settings()
-    update: dict[str, Any] = dict(extra)
-    if index:
-        update["index"] = index
-    if model:
-        pretrained = (
-            None if model in (DEMO_MODEL,) or model.startswith(("hf-hub:", "local-dir:")) else settings.model.pretrained
-        )
-        update["model"] = settings.model.model_copy(update={"name": model, "pretrained": pretrained})
-    settings = settings.model_copy(update=update)
-    if store:
-        try:
-            settings = settings.with_store(store)
-        except ClipfuseError as e:
-            _fail(e)
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    return settings
-
-
-def _fail(error: Exception) -> None:
-    err.print(f"[bold red]error:[/] {markup_safe(error)}")
-    raise typer.Exit(2)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-
-
-def run_index(
-    settings: Settings, path: Path, *, show_progress: bool = True, optimize: bool = True, explicit: bool = False
-) -> IngestReport:
-    """Index a JSONL catalog or a folder of images in-process (the CLI's and the demo's path).
-
-    On an engine with an explicit index build (Qdrant Edge), the HNSW graphs are built
-    once at the end of the bulk index (``optimize=False`` leaves that to ``clipfuse optimize``;
-    searches are exact and correct either way, only slower on large catalogs).
-
-    Writes go through the alias ``CLIPFUSE_INDEX`` (:class:`clipfuse.reindex.AliasWriter`): a fresh
-    name is created behind an alias; during a re-index each document reaches both indexes.
-    ``explicit``: the configured model was chosen by the user (the index must have been built with it).
-    """
-    from clipfuse.factory import build_writer
-
-    if not path.exists():
-        raise ClipfuseError(
-            f"{path} does not exist: give a JSONL catalog (one document per line) or a folder of images"
-        )
-    base_dir = path if path.is_dir() else path.parent
-    indexer = build_writer(settings, base_dir=base_dir, explicit=explicit)
-    catalog = CatalogReader(path)
-    total = catalog.count()
-    try:
-        with _progress() as progress:
-            task = progress.add_task(f"indexing {path.name}", total=total, visible=show_progress)
-            report = indexer.index(catalog, on_batch=lambda r, n: progress.advance(task, n))
-        for rejection in report.rejected:
-            rejection.line = catalog.line_of(rejection.position)
-        if optimize and report.indexed:
-            _optimize(indexer.backend, show_progress=show_progress)
-    finally:
-        indexer.close()
-    return report
-
-
-def _optimize(backend: Any, *, show_progress: bool = True) -> bool | None:
-    """Build the engine's search index now (Qdrant Edge's HNSW graphs); ``None`` when it has nothing to build."""
-    optimize = getattr(backend, "optimize", None)
-    if not callable(optimize):
-        return None
-    if not show_progress:
-        return bool(optimize())
-    with err.status("building the search index (HNSW graphs; blocking, a minute per ~50k products on 2 cores)"):
-        return bool(optimize())
-
-
-def _print_report(report: IngestReport, report_path: Path | None) -> None:
-    console.print(
-        f"[bold green]{report.indexed}[/] indexed, [bold {'red' if report.rejected else 'green'}]"
-        f"{len(report.rejected)}[/] rejected in {report.seconds:.1f}s "
-        f"({', '.join(f'{k} {v:.1f}s' for k, v in report.stage_seconds.items())})"
-    )
-    if report.rejected:
-        table = Table("line", "id", "stage", "code", "reason", title="rejected documents", show_lines=False)
-        for r in report.rejected[:50]:
-            line = "" if r.line is None else str(r.line)
-            table.add_row(line, markup_safe(r.id), r.stage, markup_safe(r.code), markup_safe(r.reason))
-        console.print(table)
-        if len(report.rejected) > 50:
-            console.print(f"... and {len(report.rejected) - 50} more")
-    if report_path is not None:
-        report_path.write_text(report.model_dump_json(indent=2), encoding="utf-8")
-        console.print(f"full report written to {markup_safe(report_path)}")
 
 
 @app.command()
@@ -177,18 +81,16 @@ def index(
     Into an existing index, the model it records is used unless --model (or CLIPFUSE_MODEL__NAME)
     says otherwise; a different model is refused.
     """
-    from clipfuse.factory import settings_for_existing_index
-
     extra = {"batch_size": batch_size} if batch_size else {}
-    settings = _settings(model, index, store, **extra)
+    settings = settings_from_options(model, index, store, **extra)
     try:
         explicit = model is not None or "CLIPFUSE_MODEL__NAME" in os.environ
         if path.exists():
             settings = settings_for_existing_index(settings, explicit=explicit)
         result = run_index(settings, path, optimize=optimize, explicit=explicit)
     except ClipfuseError as e:
-        _fail(e)
-    _print_report(result, report)
+        fail(e)
+    print_report(result, report)
     if report is None and result.rejected:
         fallback = (settings.embedded_store or Path("clipfuse-data")).parent / "last-index-report.json"
         fallback.parent.mkdir(parents=True, exist_ok=True)
@@ -206,63 +108,6 @@ def _weights(spec: str | None) -> Weights:
             raise ClipfuseError(f"--weights takes image=W,text=W,bm25=W; cannot read {part!r}")
         values[name.strip()] = float(number)
     return Weights(**values)
-
-
-def _print_hits(response: SearchResponse, *, title: str, explain: bool = False) -> None:
-    table = Table(title=title, title_justify="left")
-    for column in ("#", "id", "title", "attributes", "score", "image", "text", "bm25"):
-        table.add_column(column, overflow="fold")
-    for hit in response.hits:
-        p = hit.payload
-        attrs = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("title", "caption", "description", "images"))
-
-        def fmt(v: float | None) -> str:
-            return "-" if v is None else f"{v:.3f}"
-
-        marks = []
-        if hit.rule:
-            marks.append(f"[magenta]rule {markup_safe(hit.rule)}[/]")
-        if hit.variants:
-            marks.append(
-                f"[cyan]+{len(hit.variants)} variants: {markup_safe(', '.join(v.id for v in hit.variants[:4]))}[/]"
-            )
-        table.add_row(
-            str(hit.rank),
-            markup_safe(hit.id),
-            markup_safe(str(p.get("title", ""))[:60]) + ("\n" + " ".join(marks) if marks else ""),
-            markup_safe(attrs[:80]),
-            f"{hit.score:.4f}",
-            fmt(hit.signals.image),
-            fmt(hit.signals.text),
-            fmt(hit.signals.bm25),
-        )
-        if explain and hit.explanation is not None:
-            e = hit.explanation
-            parts = [f"{name} #{s.rank} {s.raw:.3f} -> {s.contribution:+.4f}" for name, s in e.signals.items()]
-            line = f"fused {e.fused:.4f} = " + " ".join(parts)
-            if e.normalised is not None:
-                line += f"; normalised {e.normalised:.3f}"
-                line += "".join(f"; {b.boost} {b.contribution:+.3f}" for b in e.boosts)
-            table.add_row("", "", f"[dim]{markup_safe(line)} => {e.final:.4f}[/]", "", "", "", "", "")
-    console.print(table)
-    total = response.total
-    summary = f"{response.fusion} fusion by the {response.fused_by}, {response.took_ms:.0f} ms"
-    if total is not None:
-        summary = f"{'at least ' if total.relation == 'gte' else ''}{total.value:,} results; " + summary
-    if response.collapsed_by:
-        summary += f"; one hit per {response.collapsed_by}"
-    if response.rules_applied:
-        summary += f"; rules: {markup_safe(', '.join(response.rules_applied))}"
-    console.print(f"[dim]{markup_safe(summary)}[/]")
-    for name, counts in response.facets.items():
-        values = ", ".join(f"{value} ({count})" for value, count in counts.items())
-        console.print(f"  [bold]{markup_safe(name)}[/]: {markup_safe(values or '-')}")
-    for name, stats in response.facets_stats.items():
-        console.print(
-            f"  [bold]{markup_safe(name)}[/]: {stats.min:g} - {stats.max:g}, avg {stats.avg:.2f} ({stats.count})"
-        )
-    if response.next_cursor:
-        console.print(f"[dim]next page: --cursor {response.next_cursor}[/]")
 
 
 @app.command()
@@ -318,9 +163,7 @@ def search(
     Shop features: --facet (counts), --collapse (one hit per product, variants attached),
     --boost (business ranking), --rules (pins / hides), --cursor (the next page, frozen).
     """
-    from clipfuse.factory import build_backend, build_searcher, model_settings_for_index
-
-    settings = _settings(model, index, store)
+    settings = settings_from_options(model, index, store)
     try:
         image_source: dict[str, str] | None = None
         if image:
@@ -355,7 +198,7 @@ def search(
                 raise ClipfuseError(
                     f"index {settings.index!r} does not exist yet: run `clipfuse index PATH` (or `clipfuse demo`) first"
                 )
-            explicit = model is not None or "CLIPFUSE_MODEL__NAME" in __import__("os").environ
+            explicit = model is not None or "CLIPFUSE_MODEL__NAME" in os.environ
             settings = settings.model_copy(
                 update={"model": model_settings_for_index(settings, info.model, explicit=explicit)}
             )
@@ -367,24 +210,20 @@ def search(
         finally:
             backend.close()  # an error must not leave the embedded store locked
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
     except ValueError as e:  # pydantic validation of the request
-        _fail(ClipfuseError(str(e)))
+        fail(ClipfuseError(str(e)))
     if as_json:
         sys.stdout.write(response.model_dump_json(indent=2) + "\n")
     else:
         title = f"query: {text or ''}{' + image ' + image if image else ''}" if cursor is None else "next page"
-        _print_hits(response, title=title, explain=explain)
+        print_hits(response, title=title, explain=explain)
 
 
 @app.command()
 def info(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """Show the index: documents, model, dimension, filterable fields; the alias and the indexes behind it."""
-    from clipfuse.factory import build_backend
-    from clipfuse.reindex.cli import describe_record
-    from clipfuse.reindex.writer import resolve_alias
-
-    settings = _settings(None, index, store)
+    settings = settings_from_options(None, index, store)
     try:
         backend = build_backend(settings)
         try:
@@ -395,7 +234,7 @@ def info(index: IndexOpt = None, store: StoreOpt = None) -> None:
         finally:
             backend.close()
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
     if meta is None:
         console.print(f"index {settings.index!r} does not exist")
         raise typer.Exit(1)
@@ -416,9 +255,7 @@ def delete(
     store: StoreOpt = None,
 ) -> None:
     """Delete documents by id (from every live index behind the alias: during a re-index, both)."""
-    from clipfuse.factory import build_writer
-
-    settings = _settings(None, index, store)
+    settings = settings_from_options(None, index, store)
     try:
         writer = build_writer(settings)
         try:
@@ -426,7 +263,7 @@ def delete(
         finally:
             writer.close()
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
     console.print(f"deleted {len(ids)} document(s)")
 
 
@@ -437,21 +274,17 @@ def optimize(index: IndexOpt = None, store: StoreOpt = None) -> None:
     `clipfuse index` does this after each run; use it after `clipfuse index --no-optimize`
     or after workers have written into an Edge store. Searches are correct before it, only slower.
     """
-    import time
-
-    from clipfuse.factory import build_backend
-
-    settings = _settings(None, index, store)
+    settings = settings_from_options(None, index, store)
     try:
         backend = build_backend(settings)
         started = time.perf_counter()
         try:
-            changed = _optimize(backend)
+            changed = optimize_index(backend)
             stats = getattr(backend, "stats", lambda: None)()
         finally:
             backend.close()
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
     if changed is None:
         console.print(f"the {settings.engine} engine builds its index by itself: nothing to do")
         return
@@ -469,14 +302,12 @@ def demo(
     fresh: Annotated[bool, typer.Option(help="rebuild the catalog and the index from scratch")] = True,
 ) -> None:
     """Generate a synthetic catalog, index it with the shipped demo model, run sample searches."""
-    from clipfuse.demo.run import run_demo
-
     if fresh and directory.exists():
         shutil.rmtree(directory)
     try:
         run_demo(directory, size=size, console=console)
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
 
 
 @app.command()
@@ -501,8 +332,8 @@ def serve(
 
         from clipfuse.service.app import create_app
     except ImportError as e:
-        _fail(ClipfuseError(f"the service needs its extra dependencies: pip install 'clipfuse[service]' ({e})"))
-    settings = _settings(model, index, store)
+        fail(ClipfuseError(f"the service needs its extra dependencies: pip install 'clipfuse[service]' ({e})"))
+    settings = settings_from_options(model, index, store)
     update: dict[str, Any] = {}
     if host:
         update["host"] = host
@@ -525,7 +356,7 @@ def serve(
         application = create_app(settings)
         application.state.service.start()  # open the engine and load the model now: errors read better here
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
     err.print(f"web search page and API on http://{settings.service.host}:{settings.service.port}/ (docs at /docs)")
     uvicorn.run(
         application,
@@ -536,15 +367,10 @@ def serve(
     )
 
 
-from clipfuse.bench.cli import register as _register_bench_command  # noqa: E402
-from clipfuse.eval.cli import register as _register_eval_command  # noqa: E402
-from clipfuse.reindex.cli import register as _register_reindex_commands  # noqa: E402
-from clipfuse.workers.cli import register as _register_queue_commands  # noqa: E402
-
-_register_queue_commands(app)
-_register_eval_command(app)
-_register_reindex_commands(app)
-_register_bench_command(app)
+register_queue_commands(app)
+register_eval_command(app)
+register_reindex_commands(app)
+register_bench_command(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry point

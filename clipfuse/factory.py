@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     from qdrant_client import QdrantClient
 
     from clipfuse.embedding import Embedder
+    from clipfuse.ingest.pipeline import Indexer
     from clipfuse.plugin.cursor import CursorCodec
     from clipfuse.plugin.edge import EdgeBackend
     from clipfuse.plugin.protocol import Backend
     from clipfuse.plugin.searcher import HybridSearcher
     from clipfuse.reindex.writer import AliasWriter
-    from clipfuse.workers.ingest import Indexer
 
 __all__ = [
     "build_backend",
@@ -187,7 +187,7 @@ def build_indexer(
     embedder: Embedder | None = None,
     base_dir: Path | None = None,
 ) -> Indexer:
-    from clipfuse.workers.ingest import Indexer
+    from clipfuse.ingest.pipeline import Indexer
 
     return Indexer(
         embedder or build_embedder(settings.model),

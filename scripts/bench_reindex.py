@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
 
-    from clipfuse.cli import run_index
+    from clipfuse.ingest.run import run_index
     from clipfuse.demo.catalog import write_catalog
     from clipfuse.reindex.cli import run_reindex
     from clipfuse.settings import Settings

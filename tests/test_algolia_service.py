@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from clipfuse.images import ImageLoader
+from clipfuse.ingest.pipeline import Indexer
 from clipfuse.plugin.edge import EdgeBackend
 from clipfuse.plugin.searcher import HybridSearcher
 from clipfuse.service.app import create_app
 from clipfuse.settings import Settings
-from clipfuse.workers.ingest import Indexer
 
 STOREFRONT = "http://127.0.0.1:3999"
 QUERIES = "/1/indexes/*/queries"

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from clipfuse.errors import InvalidDocument
+from clipfuse.ingest.pipeline import Indexer, document_payload
 from clipfuse.plugin import HybridSearcher
 from clipfuse.plugin.edge import EdgeBackend
 from clipfuse.plugin.protocol import Backend
@@ -26,7 +27,6 @@ from clipfuse.schemas import limits as L
 from clipfuse.settings import Settings, WorkerSettings
 from clipfuse.workers import producer as producer_module
 from clipfuse.workers.app import INGEST_TASK
-from clipfuse.workers.ingest import Indexer, document_payload
 from clipfuse.workers.producer import enqueue
 from clipfuse.workers.tasks import BatchProcessor
 

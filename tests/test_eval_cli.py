@@ -137,7 +137,7 @@ def test_eval_on_existing_index_with_queries_and_qrels(
 
 def test_eval_runs_equal_hybrid_searcher_results(demo_run: tuple[Path, dict[str, Any], str]) -> None:
     """The runner's fused rankings are what HybridSearcher.search returns for the same request."""
-    from clipfuse.cli import _settings
+    from clipfuse.console import settings_from_options as _settings
     from clipfuse.eval.loaders import load_queries
     from clipfuse.eval.runner import RunConfig, collect_signals, rank
     from clipfuse.factory import build_backend, build_searcher

@@ -22,8 +22,8 @@ from PIL import Image
 
 from clipfuse.bench.images import synthetic_jpeg
 from clipfuse.images import ImageLoader
+from clipfuse.ingest.pipeline import Indexer
 from clipfuse.plugin.protocol import IndexedDocument, IndexInfo
-from clipfuse.workers.ingest import Indexer
 
 # (width, height): landscape, portrait, panorama, square: reduced decoding; then two small ones: full decoding
 SIZES = [(800, 600), (600, 900), (1400, 500), (1000, 1000), (120, 90), (100, 260)]

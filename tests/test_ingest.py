@@ -13,8 +13,8 @@ from PIL import Image
 
 from clipfuse.errors import BackendUnavailable
 from clipfuse.images import ImageLoader
+from clipfuse.ingest.pipeline import Indexer
 from clipfuse.plugin.qdrant import QdrantBackend
-from clipfuse.workers.ingest import Indexer
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ import pytest
 from clipfuse.embedding import Embedder, PreparingEmbedder
 from clipfuse.embedding.cache import CachedQueryEmbedder, normalise_query_text
 from clipfuse.errors import ConfigurationError
+from clipfuse.ingest.pipeline import Indexer
 from clipfuse.plugin import HybridSearcher
 from clipfuse.plugin.edge import EdgeBackend
 from clipfuse.schemas import SearchRequest
 from clipfuse.settings import ModelSettings
-from clipfuse.workers.ingest import Indexer
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,11 @@ from PIL.Image import Image
 from clipfuse.embedding import l2_normalize
 from clipfuse.errors import ConfigurationError
 from clipfuse.images import ImageLoader
+from clipfuse.ingest.pipeline import Indexer
 from clipfuse.plugin.edge import EdgeBackend
 from clipfuse.plugin.protocol import Aliased, AliasRecord, Backend, Scrollable, physical_name
 from clipfuse.plugin.qdrant import QdrantBackend
 from clipfuse.reindex import AliasWriter, Reindexer, SwapRefused, prune, rollback
-from clipfuse.workers.ingest import Indexer
 
 
 class ToyEmbedder:

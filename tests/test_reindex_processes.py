@@ -177,7 +177,7 @@ def test_a_searcher_in_a_loop_sees_no_error_and_switches_model_at_the_swap(
     the new one within the alias check interval after it."""
     import threading
 
-    from clipfuse.cli import run_index
+    from clipfuse.ingest.run import run_index
     from clipfuse.reindex.cli import run_reindex
     from clipfuse.schemas import SearchRequest
     from clipfuse.service.app import Service

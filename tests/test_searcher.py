@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from clipfuse.errors import ConfigurationError, InvalidQuery
+from clipfuse.ingest.pipeline import Indexer
 from clipfuse.plugin import HybridSearcher
 from clipfuse.plugin.qdrant import QdrantBackend
 from clipfuse.schemas import FilterCondition, ImageSource, SearchRequest, Weights
-from clipfuse.workers.ingest import Indexer
 
 
 @pytest.fixture

@@ -20,12 +20,12 @@ from pydantic import SecretStr
 
 from clipfuse.errors import BackendUnavailable, ConfigurationError, InvalidQuery
 from clipfuse.images import ImageLoader
+from clipfuse.ingest.pipeline import Indexer
 from clipfuse.plugin.protocol import IndexInfo
 from clipfuse.plugin.qdrant import QdrantBackend
 from clipfuse.schemas import SearchResponse
 from clipfuse.service.app import create_app, resolve_under
 from clipfuse.settings import Settings
-from clipfuse.workers.ingest import Indexer
 
 API_KEY = "test-key-0123456789-abcdef"
 MAX_UPLOAD = 256 * 1024

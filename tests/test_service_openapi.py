@@ -23,10 +23,10 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from clipfuse.images import ImageLoader
+from clipfuse.ingest.pipeline import Indexer
 from clipfuse.plugin.edge import EdgeBackend
 from clipfuse.service.app import create_app
 from clipfuse.settings import Settings
-from clipfuse.workers.ingest import Indexer
 
 #: examples per operation and mode: enough to reach the documented errors, few enough for CI
 EXAMPLES = 50

@@ -29,7 +29,7 @@ from test_web_ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _free_port
 
 from clipfuse.demo.catalog import write_catalog
 from clipfuse.images import ImageLoader
-from clipfuse.workers.ingest import Indexer
+from clipfuse.ingest.pipeline import Indexer
 
 STOREFRONT = Path(__file__).parent / "storefront"
 ESBUILD = STOREFRONT / "node_modules" / ".bin" / "esbuild"

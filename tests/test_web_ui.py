@@ -23,7 +23,7 @@ import pytest
 
 from clipfuse.demo.catalog import write_catalog
 from clipfuse.images import ImageLoader
-from clipfuse.workers.ingest import Indexer
+from clipfuse.ingest.pipeline import Indexer
 
 CHROMIUM = Path(os.environ.get("CLIPFUSE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -6,7 +6,7 @@ side (on a shared machine only ratios taken this way mean anything):
 - **model only**: the image tower on preprocessed tensors already on the host (and the text
   tower on token ids already in memory): the ceiling.
 - **pipeline**: JPEG files on disk -> L2-normalised image vectors through the production
-  :class:`~clipfuse.workers.ingest.Indexer` (reduced JPEG decoding, decode + resize in the
+  :class:`~clipfuse.ingest.pipeline.Indexer` (reduced JPEG decoding, decode + resize in the
   loader's threads overlapped with the forward, uint8 batching), upsert to a backend that
   discards the vectors.
 - **ingest**: the whole ``Indexer`` (images + texts + BM25 + upsert to an embedded Qdrant Edge
@@ -235,7 +235,7 @@ class _Bench:
 
     def _indexer(self, backend: Any) -> Any:
         from clipfuse.images import ImageLoader
-        from clipfuse.workers.ingest import Indexer
+        from clipfuse.ingest.pipeline import Indexer
 
         return Indexer(
             self.embedder,

@@ -8,6 +8,10 @@ from typing import Any
 
 from rich.console import Console
 
+from clipfuse.console import print_hits, print_report
+from clipfuse.demo.catalog import write_catalog
+from clipfuse.factory import build_backend, build_searcher
+from clipfuse.ingest.run import run_index
 from clipfuse.schemas import FilterCondition, ImageSource, SearchRequest, Weights
 from clipfuse.schemas.rules import RuleSet
 from clipfuse.settings import DEMO_MODEL, Settings
@@ -42,10 +46,6 @@ def recall_at_k(searcher: Any, queries: list[tuple[str, str]], *, weights: Weigh
 
 
 def run_demo(directory: Path, *, size: int = 400, console: Console | None = None) -> dict[str, float]:
-    from clipfuse.cli import _print_hits, _print_report, run_index
-    from clipfuse.demo.catalog import write_catalog
-    from clipfuse.factory import build_backend, build_searcher
-
     console = console or Console()
     directory.mkdir(parents=True, exist_ok=True)
     store = directory / "store"
@@ -68,7 +68,7 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
     engine = {"qdrant-edge": "Qdrant Edge", "qdrant": "qdrant-client local"}.get(settings.engine, settings.engine)
     console.print(f"2. indexing it with the shipped demo model into the embedded {engine} store at {store}")
     report = run_index(settings, catalog)
-    _print_report(report, None)
+    print_report(report, None)
 
     console.print("3. sample searches")
     backend = build_backend(settings)
@@ -103,7 +103,7 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
             ),
         ]
         for title, request in samples:
-            _print_hits(searcher.search(request), title=title)
+            print_hits(searcher.search(request), title=title)
 
         console.print("   a shop page: facets, one hit per product (colour variants attached), business boosts")
         shop = SearchRequest.model_validate(
@@ -120,7 +120,7 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
                 ],
             }
         )
-        _print_hits(searcher.search(shop), title="shop: 'handbag', collapsed by group_id, boosted", explain=True)
+        print_hits(searcher.search(shop), title="shop: 'handbag', collapsed by group_id, boosted", explain=True)
         pinned = next(p for p in products if p["attributes"]["category"] == "backpack")
         rules_path = directory / "rules.yaml"
         rules_path.write_text(
@@ -132,7 +132,7 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
             encoding="utf-8",
         )
         searcher.load_rules(rules_path)
-        _print_hits(
+        print_hits(
             searcher.search(shop.model_copy(update={"boosts": []})),
             title=f"the same search with the rules file {rules_path.name}: {pinned['id']} pinned first",
         )

@@ -14,20 +14,20 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from clipfuse.console import console, err, fail, progress, settings_from_options
 from clipfuse.errors import ClipfuseError
 from clipfuse.eval.loaders import EvalQuery, load_karpathy, load_qrels, load_queries, write_qrels_trec, write_queries
 from clipfuse.eval.metrics import METRICS
 from clipfuse.eval.runner import ConfigResult, SignalLists, collect_signals, evaluate_configs, standard_configs
 from clipfuse.eval.tuning import RRF_K_GRID, WEIGHT_GRID, split_queries, tune
+from clipfuse.factory import build_backend, build_searcher, model_settings_for_index
+from clipfuse.ingest.run import run_index
 from clipfuse.schemas import SearchRequest, Weights
+from clipfuse.settings import DEMO_MODEL
 
 __all__ = ["app", "eval_command", "register", "run_eval"]
-
-console = Console()
-err = Console(stderr=True)
 
 app = typer.Typer(
     help="clipfuse eval: search quality per signal and fusion method.",
@@ -43,11 +43,6 @@ _HEADERS = {
     "ndcg@10": "nDCG@10",
     "map": "mAP",
 }
-
-
-def _fail(error: Exception | str) -> None:
-    err.print(f"[bold red]error:[/] {error}")
-    raise typer.Exit(2)
 
 
 def _parse_weights(spec: str | None) -> Weights:
@@ -102,9 +97,6 @@ def run_eval(
 
     Returns the JSON report and the results shown in the table (on the held-out split when tuning).
     """
-    from clipfuse.cli import _progress
-    from clipfuse.factory import build_backend, build_searcher, model_settings_for_index
-
     backend = build_backend(settings)
     try:
         info = backend.index_info()
@@ -112,10 +104,10 @@ def run_eval(
             raise ClipfuseError(f"index {settings.index!r} does not exist: index a catalog first (clipfuse index PATH)")
         settings = settings.model_copy(update={"model": model_settings_for_index(settings, info.model, explicit=False)})
         searcher = build_searcher(settings, backend=backend)
-        with _progress() as progress:
-            task = progress.add_task("running queries", total=len(queries), visible=show_progress)
+        with progress() as bar:
+            task = bar.add_task("running queries", total=len(queries), visible=show_progress)
             signals: SignalLists = collect_signals(
-                searcher, queries, depth=depth, on_query=lambda _n: progress.advance(task, 1)
+                searcher, queries, depth=depth, on_query=lambda _n: bar.advance(task, 1)
             )
         documents = backend.count()
         distinct = distinct_groups(searcher, queries) if info.fields.get("group_id") == "keyword" else None
@@ -296,13 +288,10 @@ def eval_command(
     store: Annotated[Optional[Path], typer.Option("--store", help="embedded store folder")] = None,
 ) -> None:
     """Measure search quality: Recall@1/5/10, MRR@10, nDCG@10, mAP for each signal and fusion method."""
-    from clipfuse.cli import _settings, run_index
-    from clipfuse.settings import DEMO_MODEL
-
     started = time.perf_counter()
     sources = sum([demo, karpathy is not None, queries is not None or qrels is not None])
     if sources != 1:
-        _fail("give exactly one of --demo, --karpathy FILE --images DIR, or --queries FILE --qrels FILE")
+        fail("give exactly one of --demo, --karpathy FILE --images DIR, or --queries FILE --qrels FILE")
     out_path = out or directory / "eval.json"
     try:
         parsed_weights = _parse_weights(weights)
@@ -316,7 +305,7 @@ def eval_command(
             catalog, query_list, judged = _demo_inputs(
                 directory, size=size, n_queries=n_queries, text_noise=text_noise, seed=seed
             )
-            settings = _settings(model or DEMO_MODEL, index, store or directory / "store")
+            settings = settings_from_options(model or DEMO_MODEL, index, store or directory / "store")
             report_index = run_index(settings, catalog, show_progress=not as_json)
             err.print(f"indexed {report_index.indexed} products in {report_index.seconds:.1f}s")
         elif karpathy is not None:
@@ -326,9 +315,7 @@ def eval_command(
             if data.missing_images:
                 err.print(f"[yellow]{len(data.missing_images)} images of the split are missing and left out[/]")
             query_list, judged = data.queries, data.qrels
-            settings = _settings(model, index, store or directory / "store")
-            from clipfuse.factory import build_backend
-
+            settings = settings_from_options(model, index, store or directory / "store")
             backend = build_backend(settings)
             try:
                 existing = backend.count() if backend.index_info() is not None else 0
@@ -342,7 +329,7 @@ def eval_command(
             if queries is None or qrels is None:
                 raise ClipfuseError("--queries and --qrels go together")
             query_list, judged = load_queries(queries), load_qrels(qrels)
-            settings = _settings(model, index, store)
+            settings = settings_from_options(model, index, store)
         report, results = run_eval(
             settings,
             query_list,
@@ -357,9 +344,9 @@ def eval_command(
             show_progress=not as_json,
         )
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
     except ValueError as e:
-        _fail(ClipfuseError(str(e)))
+        fail(ClipfuseError(str(e)))
     args = sys.argv[1:]
     report["command"] = " ".join(["clipfuse", "eval", *args[1 if args[:1] == ["eval"] else 0 :]])
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from clipfuse.console import console, err, fail, print_report, progress, settings_from_options
 from clipfuse.errors import ClipfuseError
 
 if TYPE_CHECKING:
@@ -27,11 +28,6 @@ StoreOpt = Annotated[Optional[Path], typer.Option("--store", help="embedded stor
 
 
 log = logging.getLogger(__name__)
-
-def _cli() -> Any:
-    from clipfuse import cli
-
-    return cli
 
 
 def gate_table(result: GateResult) -> Table:
@@ -99,7 +95,6 @@ def run_reindex(
     from clipfuse.factory import build_backend, build_embedder, build_image_loader, build_indexer, embedder_for_model
     from clipfuse.reindex.job import Reindexer, SwapRefused
 
-    cli = _cli()
     new_settings = settings.model.model_copy(update={"name": model_name, "pretrained": pretrained})
     new_embedder = build_embedder(new_settings)
     cache: dict[str, Any] = {new_embedder.model_id: new_embedder}
@@ -116,7 +111,7 @@ def run_reindex(
         plan = job.plan()
         summary["plan"] = plan.lines()
         for line in plan.lines():
-            cli.err.print(f"[dim]plan:[/] {line}")
+            err.print(f"[dim]plan:[/] {line}")
         if dry_run:
             summary["outcome"] = "dry-run"
             return summary
@@ -124,8 +119,8 @@ def run_reindex(
         job.prepare()
         if on_step:
             on_step("prepared", job)
-        with cli._progress() as progress:
-            task = progress.add_task(
+        with progress() as bar:
+            task = bar.add_task(
                 f"re-embedding with {new_embedder.model_id}", total=plan.source_documents, visible=show_progress
             )
 
@@ -134,7 +129,7 @@ def run_reindex(
             def advanced(report: Any, n: int) -> None:
                 nonlocal done
                 done += n
-                progress.advance(task, n)
+                bar.advance(task, n)
                 log.info("re-index: %d of %d documents done", done, plan.source_documents)
                 if on_step:
                     on_step("batch", job)
@@ -177,8 +172,8 @@ def run_reindex(
             )
             job.timings["gate"] = time.perf_counter() - t
             summary["gate"] = result.to_json()
-            cli.console.print(gate_table(result))
-            cli.console.print(result.verdict())
+            console.print(gate_table(result))
+            console.print(result.verdict())
             if not result.passed:
                 summary["outcome"] = "refused by the gate"
                 raise SwapRefused(
@@ -235,9 +230,8 @@ def reindex_command(
     """
     from clipfuse.reindex.job import images_root_for
 
-    cli = _cli()
     extra = {"batch_size": batch_size} if batch_size else {}
-    settings = cli._settings(None, index, store, **extra)
+    settings = settings_from_options(None, index, store, **extra)
     if pretrained is None and not model.startswith(("hf-hub:", "local-dir:")) and model != "clipfuse-demo":
         pretrained = settings.model.pretrained
     root_dir = images_root_for(settings.embedded_store, images_root or settings.service.catalog_root)
@@ -254,24 +248,24 @@ def reindex_command(
             dry_run=dry_run,
         )
     except ClipfuseError as e:
-        cli._fail(e)
+        fail(e)
     if dry_run:
-        cli.console.print("dry run: nothing changed")
+        console.print("dry run: nothing changed")
         return
     ingest = summary.get("report")
     if ingest is not None:
-        cli._print_report(ingest, None)
+        print_report(ingest, None)
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings"].items())
     rate = summary.get("docs_per_s")
-    cli.console.print(
+    console.print(
         f"re-embedded {summary['copied']} documents ({summary['skipped']} already there)"
         + (f", {rate:.1f} docs/s" if rate else "")
         + f"; {timings}"
     )
     v = summary["verify"]
-    cli.console.print(f"verified: {v['target']} documents in the new index, {v['source']} in the old, id sets equal")
+    console.print(f"verified: {v['target']} documents in the new index, {v['source']} in the old, id sets equal")
     record = summary["record"]
-    cli.console.print(
+    console.print(
         f"[bold green]swapped[/]: {record['alias']} -> {record['target']} (previous {record['previous']} kept: "
         "`clipfuse alias rollback` / `clipfuse alias prune`)"
     )
@@ -285,7 +279,7 @@ def reindex_command(
 def _root(index: str | None, store: Path | None) -> tuple[Any, Backend]:
     from clipfuse.factory import build_backend
 
-    settings = _cli()._settings(None, index, store)
+    settings = settings_from_options(None, index, store)
     return settings, build_backend(settings)
 
 
@@ -294,16 +288,15 @@ def alias_show(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """The alias, its target, the index being built and the previous one, with models and counts."""
     from clipfuse.reindex.writer import resolve_alias
 
-    cli = _cli()
     try:
         settings, root = _root(index, store)
         try:
             for line in describe_record(root, resolve_alias(root, settings.index), settings.index):
-                cli.console.print(line)
+                console.print(line)
         finally:
             root.close()
     except ClipfuseError as e:
-        cli._fail(e)
+        fail(e)
 
 
 @alias_app.command("rollback")
@@ -311,7 +304,6 @@ def alias_rollback(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """Point the alias back at its previous index (kept up to date since the swap)."""
     from clipfuse.reindex.job import rollback
 
-    cli = _cli()
     try:
         settings, root = _root(index, store)
         try:
@@ -319,8 +311,8 @@ def alias_rollback(index: IndexOpt = None, store: StoreOpt = None) -> None:
         finally:
             root.close()
     except ClipfuseError as e:
-        cli._fail(e)
-    cli.console.print(f"rolled back: {moved.alias} -> {moved.target} (previous {moved.previous})")
+        fail(e)
+    console.print(f"rolled back: {moved.alias} -> {moved.target} (previous {moved.previous})")
 
 
 @alias_app.command("prune")
@@ -328,7 +320,6 @@ def alias_prune(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """Drop the previous index (no rollback after this; writes stop going to it)."""
     from clipfuse.reindex.job import prune
 
-    cli = _cli()
     try:
         settings, root = _root(index, store)
         try:
@@ -336,8 +327,8 @@ def alias_prune(index: IndexOpt = None, store: StoreOpt = None) -> None:
         finally:
             root.close()
     except ClipfuseError as e:
-        cli._fail(e)
-    cli.console.print(f"dropped {dropped}" if dropped else "no previous index to drop")
+        fail(e)
+    console.print(f"dropped {dropped}" if dropped else "no previous index to drop")
 
 
 @alias_app.command("abort")
@@ -346,13 +337,12 @@ def alias_abort(index: IndexOpt = None, store: StoreOpt = None) -> None:
     from clipfuse.plugin.protocol import Aliased
     from clipfuse.reindex.writer import resolve_alias
 
-    cli = _cli()
     try:
         settings, root = _root(index, store)
         try:
             record = resolve_alias(root, settings.index)
             if record is None or record.building is None or not isinstance(root, Aliased):
-                cli.console.print("no re-index in progress")
+                console.print("no re-index in progress")
                 return
             from clipfuse.plugin.protocol import AliasRecord
 
@@ -362,8 +352,8 @@ def alias_abort(index: IndexOpt = None, store: StoreOpt = None) -> None:
         finally:
             root.close()
     except ClipfuseError as e:
-        cli._fail(e)
-    cli.console.print(f"dropped {building}; {settings.index} still points at its target")
+        fail(e)
+    console.print(f"dropped {building}; {settings.index} still points at its target")
 
 
 @alias_app.command("adopt")
@@ -371,14 +361,13 @@ def alias_adopt(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """Turn a plain index (made before aliases) into a physical index behind an alias of the same name."""
     from clipfuse.plugin.protocol import Aliased, physical_name
 
-    cli = _cli()
     try:
         settings, root = _root(index, store)
         try:
             if not isinstance(root, Aliased):
                 raise ClipfuseError(f"the {root.name} backend has no aliases")
             if root.read_alias(settings.index) is not None:
-                cli.console.print(f"{settings.index} is an alias already")
+                console.print(f"{settings.index} is an alias already")
                 return
             info = root.index_info()
             if info is None:
@@ -388,8 +377,8 @@ def alias_adopt(index: IndexOpt = None, store: StoreOpt = None) -> None:
         finally:
             root.close()
     except ClipfuseError as e:
-        cli._fail(e)
-    cli.console.print(f"adopted: {settings.index} -> {physical}")
+        fail(e)
+    console.print(f"adopted: {settings.index} -> {physical}")
 
 
 def register(main: typer.Typer) -> None:

@@ -56,7 +56,7 @@ class SwapRefused(ClipfuseError):
 
 
 def document_of(doc_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """The document a payload was made from (see :func:`clipfuse.workers.ingest.document_payload`)."""
+    """The document a payload was made from (see :func:`clipfuse.ingest.pipeline.document_payload`)."""
     doc: dict[str, Any] = {"id": doc_id}
     for key in _TEXT_KEYS:
         if payload.get(key) is not None:

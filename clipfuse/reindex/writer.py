@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from clipfuse.errors import ConfigurationError
+from clipfuse.ingest.pipeline import batched
 from clipfuse.plugin.protocol import Aliased, AliasRecord, Backend, physical_name
 from clipfuse.schemas import Document, IngestReport
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class IndexerLike(Protocol):
-    """What :class:`AliasWriter` needs of an indexer (``clipfuse.workers.ingest.Indexer``)."""
+    """What :class:`AliasWriter` needs of an indexer (``clipfuse.ingest.pipeline.Indexer``)."""
 
     backend: Backend
     batch_size: int
@@ -171,8 +172,6 @@ class AliasWriter:
         live = self.live(refresh=True)
         if len(live) == 1:
             return live[0][1].index(documents, on_batch=on_batch)
-        from clipfuse.workers.ingest import batched
-
         total = IngestReport()
         for chunk in batched(documents, self.batch_size):
             report = self.index_batch(chunk)

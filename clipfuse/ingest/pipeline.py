@@ -1,10 +1,26 @@
-"""The ingest core: validate, load images, embed, encode BM25, upsert, report.
+"""The ingest pipeline: validate, load images, embed, encode BM25, write, report.
 
-Pure Python (no Celery): the CLI runs it in-process, the Celery tasks call it
-from workers. A document that cannot be processed is rejected alone, with a
-reason; the rest of its batch lands. Engine outages (:class:`BackendUnavailable`)
-are *not* rejections: they propagate so the caller retries the whole batch
-(upserts are idempotent, so a retry is harmless).
+Pure Python (no Celery): ``clipfuse index`` runs it in-process (:mod:`clipfuse.ingest.run`),
+the Celery tasks call it from workers, ``reindex``, bench and eval run it the same way.
+A document that cannot be processed is rejected alone, with a reason; the rest of its
+batch lands. Engine outages (:class:`BackendUnavailable`) are *not* rejections: they
+propagate so the caller retries the whole batch (upserts are idempotent, so a retry is
+harmless).
+
+The stages, in order, each a method of :class:`Indexer` that reads and fills the batch's
+:class:`_Item` s (a document's vectors travel on its item) and is timed into the report's
+``stage_seconds``:
+
+1. validate (:meth:`Indexer._validate`, :func:`last_versions`, :meth:`Indexer._take_vectors`,
+   :meth:`Indexer._check_attribute_types`);
+2. load images, in a pool of threads (:meth:`Indexer._load_one`);
+3. embed images as loaded groups fill a model batch (:meth:`Indexer._load_and_embed_images`),
+   then texts (:meth:`Indexer._embed_texts`);
+4. encode BM25 (:meth:`Indexer._encode_bm25`);
+5. write (:meth:`Indexer._write`) and report.
+
+Sources (the JSONL catalog or image folder, :class:`clipfuse.sources.CatalogReader`; a
+queue's messages) are any iterable of raw documents.
 """
 
 from __future__ import annotations
@@ -12,8 +28,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -24,12 +41,12 @@ from PIL.Image import Image
 from clipfuse.embedding import Embedder, PreparingEmbedder, l2_normalize
 from clipfuse.errors import EmbeddingError, InvalidDocument
 from clipfuse.images import ImageLoader
-from clipfuse.plugin.bm25 import Bm25Encoder
+from clipfuse.plugin.bm25 import Bm25Encoder, SparseVector
 from clipfuse.plugin.filters import field_type_of
 from clipfuse.plugin.protocol import Backend, IndexedDocument
 from clipfuse.schemas import Document, FieldType, IngestReport, Rejection, Stage, parse_document
 
-__all__ = ["Indexer", "batched", "document_payload"]
+__all__ = ["Indexer", "batched", "document_key", "document_payload", "last_versions"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +55,39 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def document_key(raw: Any) -> str | None:
+    """The id a raw document has once validated, read without validating it (``None``: no usable id).
+
+    Equal to ``parse_document(raw).id`` for every valid document (an integer id becomes its string).
+    """
+    if isinstance(raw, Document):
+        return raw.id
+    if not isinstance(raw, Mapping):
+        return None
+    value = raw.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (str, int)):
+        return str(value)
+    return None
+
+
+def last_versions(keys: Sequence[str | None]) -> list[int]:
+    """The one duplicates rule: a repeated id keeps its last version.
+
+    For each position, the position of the version that is kept: the last one with the same
+    key, or itself (a ``None`` key, no id, is never a duplicate). Position ``i`` is kept when
+    ``last_versions(keys)[i] == i``. The :class:`Indexer` applies it to a batch (an earlier copy
+    is rejected as ``duplicate_id``), the workers to a batch of messages (an earlier copy, often
+    the same message delivered twice, is counted as superseded).
+    """
+    last: dict[str, int] = {}
+    for position, key in enumerate(keys):
+        if key is not None:
+            last[key] = position
+    return [position if key is None else last[key] for position, key in enumerate(keys)]
 
 
 def document_payload(doc: Document) -> dict[str, Any]:
@@ -59,9 +109,12 @@ class _Item:
     doc: Document
     images: list[Any] = field(default_factory=list)  # prepared images (the embedder's input)
     future: Future[_Loaded | _Failed] | None = None
-    #: the document's own precomputed vectors, checked and normalised (``Document.vectors``)
+    #: the document's vectors: its own precomputed ones (``Document.vectors``, checked and
+    #: normalised in validation), else the model's, filled in by the embed stages
     image_vector: np.ndarray | None = None
     text_vector: np.ndarray | None = None
+    #: filled in by the BM25 stage (engines that take sparse vectors)
+    sparse: SparseVector | None = None
 
 
 @dataclass
@@ -87,6 +140,10 @@ class _Pending:
     items: list[_Item]
     rejected: list[Rejection]
     stages: dict[str, float]
+
+
+#: how a stage rejects one of the batch's documents: (its item, why, the stage)
+_RejectFn = Callable[[_Item, InvalidDocument, Stage], None]
 
 
 #: thread-summed busy seconds of the loader's pool, kept in :attr:`Indexer.stage_totals`
@@ -220,136 +277,77 @@ class Indexer:
         """Validate, then hand every image to the pool (returns at once); positions start at ``offset``."""
         started = time.perf_counter()
         self.ensure_schema()
-        t = time.perf_counter()
         rejected: list[Rejection] = []
+        stages: dict[str, float] = {}
+        with _timed(stages, "validate"):
+            items = self._validate(raws, offset, rejected)
+        # start loading images: read, decode (reduced JPEG when allowed), prepare, in the pool
+        # (not for a document that brought its own image vector)
+        prepare, _, draft = self._image_path()
+        needing = [item for item in items if item.doc.images and item.image_vector is None]
+        if needing:
+            pool = self._loader_pool()
+            for item in needing:
+                item.future = pool.submit(self._load_one, item.doc, prepare, draft)
+        return _Pending(started, len(raws), items, rejected, stages)
 
-        # 1. validate, keep the last version of a repeated id
+    def _finish(self, pending: _Pending) -> IngestReport:
+        """Wait for the images, embed, encode BM25, write, report."""
+        stages = pending.stages
+        rejected = pending.rejected
+
+        def reject(item: _Item, error: InvalidDocument, stage: Stage) -> None:
+            self._reject(rejected, item.position, item.raw, error, stage, item.doc.id)
+
+        # attribute types are checked here, not in _begin: the previous batch may have added fields
+        with _timed(stages, "validate"):
+            items = self._check_attribute_types(pending.items, reject)
+            kept_positions = {item.position for item in items}
+            for item in pending.items:
+                if item.position not in kept_positions and item.future is not None:
+                    item.future.cancel()
+        # collect loaded images in order and embed them in groups as they arrive (times load, embed_images)
+        items = self._load_and_embed_images(items, reject, stages)
+        with _timed(stages, "embed_texts"):
+            self._embed_texts(items)
+        with _timed(stages, "bm25"):
+            self._encode_bm25(items)
+        with _timed(stages, "upsert"):
+            items = self._write(items, reject)
+        for name, seconds in stages.items():
+            self.stage_totals[name] = self.stage_totals.get(name, 0.0) + seconds
+        rejected.sort(key=lambda r: (r.position is None, r.position))
+        return IngestReport(
+            indexed=len(items), rejected=rejected, stage_seconds=stages, seconds=time.perf_counter() - pending.started
+        )
+
+    # -- stages ------------------------------------------------------------------------
+    def _validate(self, raws: Sequence[Any], offset: int, rejected: list[Rejection]) -> list[_Item]:
+        """Parse each document; of a repeated id keep the last version (:func:`last_versions`);
+        check precomputed vectors. What fails is rejected (stage ``validate``)."""
         items: list[_Item] = []
         for position, raw in enumerate(raws, start=offset):
             try:
                 items.append(_Item(position, raw, parse_document(raw)))
             except InvalidDocument as e:
                 self._reject(rejected, position, raw, e, "validate", None)
-        last_position = {item.doc.id: item.position for item in items}
+        winners = last_versions([item.doc.id for item in items])
         kept = []
-        for item in items:
-            if last_position[item.doc.id] != item.position:
-                self._reject(
-                    rejected,
-                    item.position,
-                    item.raw,
-                    InvalidDocument(
+        for item, winner in zip(items, winners, strict=True):
+            try:
+                if items[winner] is not item:
+                    raise InvalidDocument(
                         f"id {item.doc.id!r} appears again later in the same batch (position "
-                        f"{last_position[item.doc.id]}); this earlier copy was skipped, the later one indexed",
+                        f"{items[winner].position}); this earlier copy was skipped, the later one indexed",
                         code="duplicate_id",
-                    ),
-                    "validate",
-                    item.doc.id,
-                )
-            else:
-                try:
-                    self._take_vectors(item)
-                except InvalidDocument as e:
-                    self._reject(rejected, item.position, item.raw, e, "validate", item.doc.id)
-                    continue
-                kept.append(item)
-        validate = time.perf_counter() - t
+                    )
+                self._take_vectors(item)
+            except InvalidDocument as e:
+                self._reject(rejected, item.position, item.raw, e, "validate", item.doc.id)
+                continue
+            kept.append(item)
+        return kept
 
-        # 2. start loading images: read, decode (reduced JPEG when allowed), prepare, in the pool
-        #    (not for a document that brought its own image vector)
-        prepare, _, draft = self._image_path()
-        needing = [item for item in kept if item.doc.images and item.image_vector is None]
-        if needing:
-            pool = self._loader_pool()
-            for item in needing:
-                item.future = pool.submit(self._load_one, item.doc, prepare, draft)
-        return _Pending(started, len(raws), kept, rejected, {"validate": validate})
-
-    def _finish(self, pending: _Pending) -> IngestReport:
-        """Wait for the images, embed, encode BM25, upsert, report."""
-        stages = pending.stages
-        rejected = pending.rejected
-
-        def reject(position: int | None, raw: Any, error: InvalidDocument, stage: Stage, doc_id: str | None) -> None:
-            self._reject(rejected, position, raw, error, stage, doc_id)
-
-        # attribute types are checked here, not in _begin: the previous batch may have added fields
-        t = time.perf_counter()
-        items = self._check_attribute_types(pending.items, reject)
-        kept_positions = {item.position for item in items}
-        for item in pending.items:
-            if item.position not in kept_positions and item.future is not None:
-                item.future.cancel()
-        stages["validate"] += time.perf_counter() - t
-
-        # 2-3. collect loaded images in order and embed them in groups as they arrive
-        stages["load"] = 0.0
-        stages["embed_images"] = 0.0
-        image_vectors, items = self._load_and_embed_images(items, reject, stages)
-        image_vectors.update({item.doc.id: item.image_vector for item in items if item.image_vector is not None})
-
-        t = time.perf_counter()
-        with_text = [item for item in items if item.doc.text.strip()]
-        to_embed = [item for item in with_text if item.text_vector is None]
-        text_matrix = self.embedder.embed_texts([item.doc.text for item in to_embed]) if to_embed else None
-        text_vectors = (
-            {item.doc.id: text_matrix[i] for i, item in enumerate(to_embed)} if text_matrix is not None else {}
-        )
-        text_vectors.update({item.doc.id: item.text_vector for item in items if item.text_vector is not None})
-        stages["embed_texts"] = time.perf_counter() - t
-
-        # 4. BM25 (engines that need sparse vectors)
-        t = time.perf_counter()
-        sparse = {}
-        if self.bm25 is not None and with_text:
-            for item, vec in zip(with_text, self.bm25.encode_documents([i.doc.text for i in with_text]), strict=True):
-                sparse[item.doc.id] = vec
-        stages["bm25"] = time.perf_counter() - t
-
-        # 5. upsert
-        t = time.perf_counter()
-        new_fields = {
-            name: field_type_of(value)
-            for item in items
-            for name, value in item.doc.attributes.items()
-            if name not in self._fields and not (isinstance(value, list) and not value)
-        }
-        if new_fields:
-            self.backend.register_fields(new_fields)
-            self._fields.update(new_fields)
-        prepared = [
-            IndexedDocument(
-                id=item.doc.id,
-                payload=document_payload(item.doc),
-                image_vector=image_vectors.get(item.doc.id),
-                text_vector=text_vectors.get(item.doc.id),
-                sparse=sparse.get(item.doc.id),
-                text=item.doc.text or None,
-            )
-            for item in items
-        ]
-        failures = self.backend.upsert(prepared) if prepared else {}
-        for item in items:
-            if item.doc.id in failures:
-                reject(
-                    item.position,
-                    item.raw,
-                    InvalidDocument(
-                        f"the search engine refused the document: {failures[item.doc.id]}", code="engine_refused"
-                    ),
-                    "upsert",
-                    item.doc.id,
-                )
-        stages["upsert"] = time.perf_counter() - t
-        for name, seconds in stages.items():
-            self.stage_totals[name] = self.stage_totals.get(name, 0.0) + seconds
-        indexed = len(items) - sum(1 for item in items if item.doc.id in failures)
-        rejected.sort(key=lambda r: (r.position is None, r.position))
-        return IngestReport(
-            indexed=indexed, rejected=rejected, stage_seconds=stages, seconds=time.perf_counter() - pending.started
-        )
-
-    # -- stages ------------------------------------------------------------------------
     def _take_vectors(self, item: _Item) -> None:
         """Check the document's precomputed vectors against the model and keep them L2-normalised.
 
@@ -376,7 +374,7 @@ class Indexer:
             else:
                 item.text_vector = vector
 
-    def _check_attribute_types(self, items: list[_Item], reject: Callable[..., None]) -> list[_Item]:
+    def _check_attribute_types(self, items: list[_Item], reject: _RejectFn) -> list[_Item]:
         """An attribute must keep one type across the index (or its filters would lie)."""
         seen: dict[str, FieldType] = dict(self._fields)
         kept = []
@@ -394,9 +392,7 @@ class Indexer:
                     )
                     break
             if problem:
-                reject(
-                    item.position, item.raw, InvalidDocument(problem, code="attribute_type"), "validate", item.doc.id
-                )
+                reject(item, InvalidDocument(problem, code="attribute_type"), "validate")
                 continue
             for name, value in item.doc.attributes.items():
                 if not (isinstance(value, list) and not value):
@@ -453,34 +449,32 @@ class Indexer:
             preprocess += c3 - c2
         return _Loaded(images, read, decode, preprocess)
 
-    def _load_and_embed_images(
-        self, items: list[_Item], reject: Callable[..., None], stages: dict[str, float]
-    ) -> tuple[dict[str, np.ndarray], list[_Item]]:
+    def _load_and_embed_images(self, items: list[_Item], reject: _RejectFn, stages: dict[str, float]) -> list[_Item]:
         """Wait for each document's images in order; embed a group as soon as it fills a model batch
-        (while the pool goes on with the next documents)."""
+        (while the pool goes on with the next documents). Sets ``image_vector``; returns the items
+        still standing."""
         _, embed, _ = self._image_path()
         group_size = max(1, int(getattr(self.embedder, "batch_size", 64)))
-        vectors: dict[str, np.ndarray] = {}
         failed: set[int] = set()
         group: list[_Item] = []
         pending_images = 0
+        stages["load"] = 0.0
+        stages["embed_images"] = 0.0
 
         def flush() -> None:
             nonlocal group, pending_images
             if group:
-                t = time.perf_counter()
-                vectors.update(self._embed_group(group, embed, reject, failed))
-                stages["embed_images"] += time.perf_counter() - t
+                with _timed(stages, "embed_images"):
+                    self._embed_group(group, embed, reject, failed)
             group, pending_images = [], 0
 
         for item in items:
             if item.future is None:
                 continue
-            t = time.perf_counter()
-            result = item.future.result()
-            stages["load"] += time.perf_counter() - t
+            with _timed(stages, "load"):
+                result = item.future.result()
             if isinstance(result, _Failed):
-                reject(item.position, item.raw, result.error, result.stage, item.doc.id)
+                reject(item, result.error, result.stage)
                 failed.add(item.position)
                 continue
             for name in POOL_STAGES:
@@ -491,45 +485,94 @@ class Indexer:
             if pending_images >= group_size:
                 flush()
         flush()
-        return vectors, [item for item in items if item.position not in failed]
+        return [item for item in items if item.position not in failed]
 
     def _embed_group(
         self,
         group: list[_Item],
         embed: Callable[[Sequence[Any]], np.ndarray],
-        reject: Callable[..., None],
+        reject: _RejectFn,
         failed: set[int],
-    ) -> dict[str, np.ndarray]:
+    ) -> None:
         try:
-            return self._split(group, embed([img for item in group for img in item.images]))
+            self._split(group, embed([img for item in group for img in item.images]))
         except EmbeddingError as e:
             # isolate the culprit(s): embed document by document
             log.warning("image batch failed (%s); retrying document by document", e)
-            per_item = {}
             for item in group:
                 try:
-                    per_item[item.doc.id] = self._split([item], embed(item.images))[item.doc.id]
+                    self._split([item], embed(item.images))
                 except EmbeddingError as err:
-                    reject(
-                        item.position,
-                        item.raw,
-                        InvalidDocument(str(err), code="embedding_failed"),
-                        "embed",
-                        item.doc.id,
-                    )
+                    reject(item, InvalidDocument(str(err), code="embedding_failed"), "embed")
                     failed.add(item.position)
-            return per_item
 
     @staticmethod
-    def _split(items: list[_Item], matrix: np.ndarray) -> dict[str, np.ndarray]:
+    def _split(items: list[_Item], matrix: np.ndarray) -> None:
         """One image vector per document: the normalised mean of its images' embeddings."""
-        out = {}
         start = 0
         for item in items:
             count = len(item.images)
-            out[item.doc.id] = l2_normalize(matrix[start : start + count].mean(axis=0, keepdims=True))[0]
+            item.image_vector = l2_normalize(matrix[start : start + count].mean(axis=0, keepdims=True))[0]
             start += count
-        return out
+
+    def _embed_texts(self, items: list[_Item]) -> None:
+        """Sets ``text_vector`` of each document with text and no precomputed text vector."""
+        to_embed = [item for item in items if item.doc.text.strip() and item.text_vector is None]
+        if not to_embed:
+            return
+        matrix = self.embedder.embed_texts([item.doc.text for item in to_embed])
+        for i, item in enumerate(to_embed):
+            item.text_vector = matrix[i]
+
+    def _encode_bm25(self, items: list[_Item]) -> None:
+        """Sets ``sparse`` of each document with text, for engines that take sparse vectors."""
+        with_text = [item for item in items if item.doc.text.strip()]
+        if self.bm25 is None or not with_text:
+            return
+        for item, vector in zip(with_text, self.bm25.encode_documents([i.doc.text for i in with_text]), strict=True):
+            item.sparse = vector
+
+    def _write(self, items: list[_Item], reject: _RejectFn) -> list[_Item]:
+        """Register new attribute fields, upsert; returns the items the engine took."""
+        new_fields = {
+            name: field_type_of(value)
+            for item in items
+            for name, value in item.doc.attributes.items()
+            if name not in self._fields and not (isinstance(value, list) and not value)
+        }
+        if new_fields:
+            self.backend.register_fields(new_fields)
+            self._fields.update(new_fields)
+        prepared = [
+            IndexedDocument(
+                id=item.doc.id,
+                payload=document_payload(item.doc),
+                image_vector=item.image_vector,
+                text_vector=item.text_vector,
+                sparse=item.sparse,
+                text=item.doc.text or None,
+            )
+            for item in items
+        ]
+        failures = self.backend.upsert(prepared) if prepared else {}
+        written = []
+        for item in items:
+            if item.doc.id in failures:
+                message = f"the search engine refused the document: {failures[item.doc.id]}"
+                reject(item, InvalidDocument(message, code="engine_refused"), "upsert")
+            else:
+                written.append(item)
+        return written
+
+
+@contextmanager
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``stages[name]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - started
 
 
 def _identity(image: Image) -> Image:
