@@ -299,3 +299,81 @@ def test_an_explicit_other_model_is_refused_by_the_writer(root: Backend, demo_ca
     )
     with pytest.raises(ConfigurationError, match="clipfuse reindex --model toy-b"):
         strict.index_batch(_docs(demo_catalog)[3:4])
+
+
+@pytest.mark.parametrize("write", ["index_batch", "delete", "index"])
+def test_a_write_that_began_before_the_reindex_and_ends_after_its_swap_is_not_lost(
+    root: Backend, demo_catalog: Path, write: str
+) -> None:
+    """The stale-writer window: a writer read the alias before ``prepare`` (only the old index is live for
+    it) and its write lands on the old index after the re-index verified and swapped. The writer re-reads
+    the alias after each write, so the write reaches the new index too."""
+    docs = _docs(demo_catalog)[:20]
+    base = demo_catalog.parent
+    new_name = physical_name("products", "toy-b")
+    hold: dict[str, Any] = {}
+
+    class Slow(Indexer):
+        """The old index's indexer: the whole re-index runs while this write is on its way."""
+
+        def _run_reindex_first(self) -> None:
+            hook = hold.pop("hook", None)
+            if hook is not None and self.embedder.model_id == "toy-a":
+                hook()
+
+        def index_batch(self, raws: Any) -> Any:
+            self._run_reindex_first()
+            return super().index_batch(raws)
+
+        def index(self, documents: Any, *, on_batch: Any = None) -> Any:
+            self._run_reindex_first()
+            return super().index(documents, on_batch=on_batch)
+
+    def make(backend: Backend, model_id: str | None) -> Indexer:
+        return Slow(EMBEDDERS[model_id or "toy-a"], backend, loader=ImageLoader(base_dir=base), batch_size=4)
+
+    setup = _writer(root, base)
+    setup.index(docs[:15])
+    setup.close()
+    root = _reopen(root)
+    # a writer whose view of the alias is fresh now and stays cached for an hour
+    writer = AliasWriter(root, "products", indexer_for=make, default_model="toy-a", ttl_s=3600)
+    [(old_name, old_indexer)] = writer.live()
+    assert old_name == physical_name("products", "toy-a")
+    engine_delete = old_indexer.backend.delete
+
+    def delete_late(ids: Any) -> None:  # deletes go to the engine directly (no model needed)
+        hook = hold.pop("hook", None)
+        if hook is not None:
+            hook()
+        engine_delete(ids)
+
+    old_indexer.backend.delete = delete_late  # type: ignore[method-assign]
+
+    def reindex() -> None:
+        job = Reindexer(root, "products", model_id="toy-b", indexer_for=_indexer_for(base), page_size=8)
+        job.prepare()
+        job.copy()
+        verified = job.verify()
+        assert verified.ok
+        job.swap(verified)
+        job.close()
+
+    hold["hook"] = reindex
+    if write == "index_batch":
+        writer.index_batch([{**docs[2], "title": "written late"}, docs[15]])
+    elif write == "index":
+        writer.index([{**docs[2], "title": "written late"}, *docs[15:20]])
+    else:
+        writer.delete([docs[2]["id"], docs[3]["id"]])
+    assert "hook" not in hold, "the re-index did not run during the write"
+    assert root.read_alias("products").target == new_name  # type: ignore[union-attr]
+    new = _contents(root.open_index(new_name))
+    old = _contents(root.open_index(old_name))
+    assert new == old  # id by id, payload by payload
+    if write == "delete":
+        assert docs[2]["id"] not in new and docs[3]["id"] not in new and len(new) == 13
+    else:
+        assert new[docs[2]["id"]]["title"] == "written late"
+        assert set(new) == {d["id"] for d in docs[: 16 if write == "index_batch" else 20]}
+    writer.close()

@@ -3,15 +3,25 @@
 The live indexes are the alias's target, the index a re-index is building (so nothing
 written during a re-index is missing from it) and the previous index kept for a
 rollback (so a rollback loses nothing). :class:`AliasWriter` re-reads the alias record
-at most every ``ttl_s`` seconds, so workers and ``clipfuse index`` learn of a re-index,
-a swap or a prune without a restart.
+at most every ``ttl_s`` seconds before a write, so workers and ``clipfuse index`` learn of a
+re-index, a swap or a prune without a restart, and re-reads it *after* every write: an index
+that became live while the write ran (a re-index prepared, a swap) gets the write too.
+
+Why the read after the write closes the stale-writer window: the re-index records its
+``building`` index (``prepare``) before it reads the old index (``copy``), and verifies
+before it moves the alias. A write to the old index whose re-read came before ``prepare``
+was in the old index before the copy began, so the copy has it; a write whose re-read came
+after ``prepare`` sees the new index (as ``building``, or as the target after a swap) and is
+written there too. So no write lands on the old index only, however long it took (a batch
+that began before the re-index and ended after its verify included).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from clipfuse.errors import ConfigurationError
@@ -157,8 +167,21 @@ class AliasWriter:
         for _, indexer in self.live():
             indexer.ensure_schema()
 
+    def _reach_late(self, written: set[str], write: Callable[[IndexerLike], object]) -> None:
+        """After a write: re-read the alias and write to every live index that did not get it yet."""
+        for _ in range(5):  # an alias that moves five times during one batch: the next batch checks again
+            late = [(name, indexer) for name, indexer in self.live(refresh=True) if name not in written]
+            if not late:
+                return
+            for name, indexer in late:
+                log.info("the alias %s moved during a write: writing it to %s too", self.alias, name)
+                write(indexer)
+                written.add(name)
+
     def index_batch(self, raws: Sequence[Document | dict[str, Any]]) -> IngestReport:
-        reports = [indexer.index_batch(raws) for _, indexer in self.live()]
+        live = self.live()
+        reports = [indexer.index_batch(raws) for _, indexer in live]
+        self._reach_late({name for name, _ in live}, lambda indexer: indexer.index_batch(raws))
         return reports[0]
 
     def index(
@@ -168,10 +191,25 @@ class AliasWriter:
         on_batch: Callable[[IngestReport, int], None] | None = None,
     ) -> IngestReport:
         """Like ``Indexer.index``. With one live index its pipeline runs as is (images of the next
-        batch load while this one embeds); with several, batch by batch to each of them."""
+        batch load while this one embeds), each finished batch followed by the alias re-read of
+        :meth:`index_batch`; with several, batch by batch to each of them."""
         live = self.live(refresh=True)
         if len(live) == 1:
-            return live[0][1].index(documents, on_batch=on_batch)
+            name, indexer = live[0]
+            taken: deque[Document | dict[str, Any]] = deque()  # read by the pipeline, not yet reported
+
+            def tee() -> Iterator[Document | dict[str, Any]]:
+                for doc in documents:
+                    taken.append(doc)
+                    yield doc
+
+            def finished(report: IngestReport, n: int) -> None:
+                batch = [taken.popleft() for _ in range(min(n, len(taken)))]
+                self._reach_late({name}, lambda other: other.index_batch(batch))
+                if on_batch is not None:
+                    on_batch(report, n)
+
+            return indexer.index(tee(), on_batch=finished)
         total = IngestReport()
         for chunk in batched(documents, self.batch_size):
             report = self.index_batch(chunk)
@@ -183,8 +221,10 @@ class AliasWriter:
     def delete(self, ids: Sequence[str]) -> IngestReport:
         """Delete from every live index (no model needed: nothing is embedded)."""
         started = time.perf_counter()
-        for _, indexer in self.live():
+        live = self.live()
+        for _, indexer in live:
             indexer.backend.delete(list(ids))
+        self._reach_late({name for name, _ in live}, lambda indexer: indexer.backend.delete(list(ids)))
         return IngestReport(deleted=len(ids), seconds=time.perf_counter() - started)
 
     def close(self) -> None:
