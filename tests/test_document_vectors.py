@@ -27,8 +27,8 @@ from clipfuse.schemas import limits as L
 from clipfuse.settings import Settings, WorkerSettings
 from clipfuse.workers import producer as producer_module
 from clipfuse.workers.app import INGEST_TASK
+from clipfuse.workers.batches import BatchProcessor
 from clipfuse.workers.producer import enqueue
-from clipfuse.workers.tasks import BatchProcessor
 
 DIM = 128  # the shipped demo model's dimension
 

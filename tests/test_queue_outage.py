@@ -84,7 +84,7 @@ def test_qdrant_url_refusing_connections_is_retried_and_republished_not_rejected
     from conftest_queue import free_port
 
     from clipfuse.factory import build_indexer
-    from clipfuse.workers.tasks import BatchProcessor
+    from clipfuse.workers.batches import BatchProcessor
 
     env = queue_env_factory("redis", embedded=True)
     docs = queue_catalog[40:60]

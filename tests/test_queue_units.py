@@ -21,9 +21,9 @@ from clipfuse.schemas import limits as L
 from clipfuse.settings import Settings, WorkerSettings
 from clipfuse.workers import producer as producer_module
 from clipfuse.workers.app import INGEST_TASK, create_app
+from clipfuse.workers.batches import BatchProcessor
 from clipfuse.workers.deadletters import DeadLetters
 from clipfuse.workers.producer import EnqueueReport, enqueue, enqueue_delete, queue_depth
-from clipfuse.workers.tasks import BatchProcessor
 
 pytest_plugins = ["conftest_queue"]
 

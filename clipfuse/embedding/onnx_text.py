@@ -200,10 +200,10 @@ class OnnxTextEmbedder:
                     f"the ONNX text tower needs onnxruntime: pip install 'clipfuse[onnx]' ({e})"
                 ) from e
             self.inner.load()
-            from clipfuse.embedding.openclip import _can_trim_text
+            from clipfuse.embedding.openclip import can_trim_text
 
             model = self.inner._model
-            if not _can_trim_text(model):
+            if not can_trim_text(model):
                 raise ConfigurationError(
                     f"model {self.inner.name!r} has no standard CLIP text tower (causal mask, end-token pooling); "
                     "use the torch text encoder (CLIPFUSE_MODEL__TEXT_ENCODER=torch)"

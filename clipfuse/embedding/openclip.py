@@ -183,7 +183,7 @@ class OpenClipEmbedder:
             if device.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)  # the patch conv prefers NHWC on tensor cores
             self._split_preprocess(preprocess, device)
-            self._trim_text = _can_trim_text(model)
+            self._trim_text = can_trim_text(model)
             self._preprocess = preprocess
             self._tokenizer = tokenizer
             self._dim = int(_embed_dim(model, resolved))
@@ -353,7 +353,7 @@ def model_fingerprint(model: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _can_trim_text(model: Any) -> bool:
+def can_trim_text(model: Any) -> bool:
     """True for open_clip's CLIP text tower with a causal mask and end-token pooling, where the
     positions after the last end token cannot change the pooled feature."""
     return (

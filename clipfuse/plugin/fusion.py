@@ -306,7 +306,8 @@ def _norm_dbsf(values: list[float]) -> list[float]:
     return [(s - low) / (high - low) for s in values]
 
 
-_NORMALIZERS: dict[str, Callable[[list[float]], list[float]]] = {
+#: the score normalisations of linear fusion, by name (also used by ranking.py's explanations)
+NORMALIZERS: dict[str, Callable[[list[float]], list[float]]] = {
     "minmax": _norm_minmax,
     "zscore": _norm_zscore,
     "dbsf": _norm_dbsf,
@@ -360,9 +361,9 @@ def linear(
         ValueError: for an unknown normalisation, a weights/lists length
             mismatch, non-finite weights or scores, or ``limit < 0``.
     """
-    normalizer = _NORMALIZERS.get(normalization)
+    normalizer = NORMALIZERS.get(normalization)
     if normalizer is None:
-        raise ValueError(f"unknown normalization {normalization!r}; expected one of {sorted(_NORMALIZERS)}")
+        raise ValueError(f"unknown normalization {normalization!r}; expected one of {sorted(NORMALIZERS)}")
     _check_limit(limit)
     w = _check_weights(weights, len(lists))
     prepared = _prepare(lists)

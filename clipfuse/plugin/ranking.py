@@ -112,7 +112,7 @@ def signal_contributions(
         if method == "rrf":
             table = {doc: (1.0 / (rank / weight + k) if weight > 0 else 0.0) for doc, _s, rank in entries}
         elif entries and normalization is not None:
-            normed = fusion._NORMALIZERS[normalization]([s for _d, s, _r in entries])
+            normed = fusion.NORMALIZERS[normalization]([s for _d, s, _r in entries])
             table = {doc: weight * value for (doc, _s, _r), value in zip(entries, normed, strict=True)}
         else:
             table = {}

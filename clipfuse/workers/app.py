@@ -28,45 +28,16 @@ Importing this module imports Celery, not torch: the model loads when a worker s
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery
 
 from clipfuse.settings import Settings, get_settings
+from clipfuse.workers.broker import INGEST_TASK, transport_options
+from clipfuse.workers.tasks import register_tasks
 
-__all__ = ["INGEST_TASK", "app", "broker_kind", "create_app", "settings_of"]
+__all__ = ["INGEST_TASK", "app", "create_app", "settings_of"]
 
 log = logging.getLogger(__name__)
-
-#: the one task that carries upserts and deletes (one name keeps them in order, see tasks.py)
-INGEST_TASK = "clipfuse.ingest"
-
-
-def broker_kind(url: str) -> str:
-    """``redis`` or ``amqp`` for a broker URL (``rediss``, ``pyamqp``, ``amqps`` included)."""
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in ("redis", "rediss", "redis+socket", "sentinel"):
-        return "redis"
-    if scheme in ("amqp", "amqps", "pyamqp", "librabbitmq"):
-        return "amqp"
-    return scheme
-
-
-def transport_options(settings: Settings) -> dict[str, Any]:
-    b = settings.broker
-    if broker_kind(b.url) == "redis":
-        return {
-            "visibility_timeout": b.visibility_timeout_s,
-            # kombu sweeps the unacked set every interval x throttle seconds (10 x 10 by default):
-            # scan on every tick so a killed worker's messages return soon after the timeout
-            "unacked_restore_interval": b.restore_interval_s,
-            "unacked_restore_throttle": 1,
-            # a worker killed while holding the restore mutex would otherwise block restores for 5 min
-            "unacked_mutex_expire": 60,
-        }
-    if broker_kind(b.url) == "amqp":
-        return {"confirm_publish": b.confirm_publish}
-    return {}
 
 
 def create_app(settings: Settings | None = None, *, set_as_current: bool = False) -> Celery:
@@ -107,9 +78,6 @@ def create_app(settings: Settings | None = None, *, set_as_current: bool = False
         task_publish_retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3},
     )
     app.clipfuse_settings = settings  # type: ignore[attr-defined]
-
-    from clipfuse.workers.tasks import register_tasks
-
     register_tasks(app, settings)
     return app
 

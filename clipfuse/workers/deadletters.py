@@ -32,17 +32,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import redis
 
 from clipfuse.schemas import Rejection
 from clipfuse.settings import Settings, get_settings
+from clipfuse.workers.broker import broker_kind
 
-if TYPE_CHECKING:
-    from clipfuse.workers.producer import EnqueueReport
-
-__all__ = ["COUNTERS", "DeadLetter", "DeadLetters", "ReplayReport", "state_url"]
+__all__ = ["COUNTERS", "DeadLetter", "DeadLetters", "Enqueued", "ReplayReport", "state_url"]
 
 #: the counters kept in the ``stats`` hash
 COUNTERS = (
@@ -85,11 +83,17 @@ def state_url(settings: Settings) -> str:
     """The Redis holding dead letters and counters."""
     if settings.worker.state_url:
         return settings.worker.state_url
-    from clipfuse.workers.app import broker_kind
-
     if broker_kind(settings.broker.url) == "redis":
         return settings.broker.url
     return "redis://127.0.0.1:6379/0"
+
+
+class Enqueued(Protocol):
+    """What :meth:`DeadLetters.replay` reads of what its ``enqueue`` returns (the producer's
+    :class:`~clipfuse.workers.producer.EnqueueReport`): the documents refused, by position."""
+
+    @property
+    def refused(self) -> Sequence[Rejection]: ...
 
 
 @dataclass(frozen=True)
@@ -243,7 +247,7 @@ class DeadLetters:
     # -- replay ----------------------------------------------------------------------
     def replay(
         self,
-        enqueue: Callable[[list[dict[str, Any]]], EnqueueReport],
+        enqueue: Callable[[list[dict[str, Any]]], Enqueued],
         *,
         keys: Sequence[str] | None = None,
         codes: Sequence[str] | None = None,

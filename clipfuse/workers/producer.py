@@ -36,12 +36,15 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import redis
 from pydantic import BaseModel, ConfigDict
 
 from clipfuse.errors import ClipfuseError, InvalidDocument
 from clipfuse.schemas import Document, Rejection, parse_document
 from clipfuse.schemas import limits as L
 from clipfuse.settings import Settings
+from clipfuse.workers.broker import INGEST_TASK, broker_kind
+from clipfuse.workers.deadletters import DeadLetters
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -91,6 +94,7 @@ _apps_lock = threading.Lock()
 
 
 def _app_for(settings: Settings | None, app: Celery | None) -> tuple[Celery, Settings]:
+    # lazy: Celery loads on first send, and clipfuse.workers.app builds the default app when imported
     from clipfuse.workers.app import create_app, settings_of
 
     if app is not None:
@@ -123,8 +127,6 @@ def _message_body(doc: Document, base_dir: Path | None) -> dict[str, Any]:
 def _count(settings: Settings, **counts: int) -> None:
     """Best effort: add to the ``status`` counters (a producer must not fail for them)."""
     try:
-        from clipfuse.workers.deadletters import DeadLetters
-
         store = DeadLetters.from_settings(settings)
         try:
             store.incr(**counts)
@@ -162,8 +164,6 @@ def enqueue(
     :class:`EnqueueError` when the broker cannot be reached (its ``report`` says what
     was sent before).
     """
-    from clipfuse.workers.app import INGEST_TASK
-
     app, settings = _app_for(settings, app)
     size = min(chunk_size or settings.broker.documents_per_message, L.MAX_DOCUMENTS_PER_MESSAGE)
     if size < 1:
@@ -301,8 +301,6 @@ def enqueue_delete(
     chunk_size: int = L.MAX_DOCUMENTS_PER_MESSAGE,
 ) -> EnqueueReport:
     """Queue deletions by document id; they are applied in order with the upserts sent before them."""
-    from clipfuse.workers.app import INGEST_TASK
-
     app, settings = _app_for(settings, app)
     size = max(1, min(chunk_size, L.MAX_DOCUMENTS_PER_MESSAGE))
     report = EnqueueReport()
@@ -361,14 +359,10 @@ def _safe_url(url: str) -> str:
 
 def queue_depth(settings: Settings | None = None, app: Celery | None = None) -> QueueDepth:
     """How many messages wait in the queue (Redis and RabbitMQ)."""
-    from clipfuse.workers.app import broker_kind
-
     app, settings = _app_for(settings, app)
     queue = settings.broker.queue
     url = settings.broker.url
     if broker_kind(url) == "redis":
-        import redis
-
         client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
         try:
             return QueueDepth(
