@@ -287,6 +287,19 @@ class ServiceSettings(BaseModel):
         "group_id", min_length=1, max_length=64, description="attribute Algolia's distinct collapses on"
     )
     ui: bool = Field(True, description="serve the web search page at /")
+    ui_facets: list[str] | None = Field(
+        None,
+        max_length=L.MAX_FACETS,
+        description="fields the web page offers as facets, in this order (keyword / bool: a checklist with counts, "
+        "number: a min-max range); unset: every number field, and every keyword and bool field but the collapse "
+        "field, date-valued fields and fields with facet_max_values or more values",
+    )
+    ui_collapse_field: str | None = Field(
+        "group_id",
+        max_length=64,
+        description="the web page shows one card per value of this keyword field (its variants as swatches) when "
+        "the index has it; empty: one card per document",
+    )
 
     @field_validator("cors_origins")
     @classmethod

@@ -43,6 +43,15 @@ def demo_documents(demo_catalog: Path) -> list[dict[str, Any]]:
     return docs
 
 
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Debian Chromium under Playwright for the session's browser tests (tests/browser.py)."""
+    from browser import launch_chromium
+
+    with launch_chromium() as instance:
+        yield instance
+
+
 @pytest.fixture
 def qdrant_client(tmp_path: Path) -> Iterator[Any]:
     """qdrant-client against a server when QDRANT_URL is set, else the embedded store in tmp_path."""

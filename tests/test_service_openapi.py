@@ -90,6 +90,7 @@ OPERATIONS = [
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/images/{path}"),
+    ("GET", "/api/ui"),
 ]
 
 
@@ -102,6 +103,7 @@ def test_the_operations_are_these(app: Any) -> None:
 #: open: the Algolia routes read what InstantSearch sends): no negative examples to generate
 _NO_INPUT = {
     ("GET", "/api/facets"),
+    ("GET", "/api/ui"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/images/{path}"),

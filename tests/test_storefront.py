@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from test_web_ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _free_port
+from browser import ARTIFACTS, index_catalog, read_catalog, serve, tab
 
 from clipfuse.demo.catalog import write_catalog
-from clipfuse.images import ImageLoader
-from clipfuse.ingest.pipeline import Indexer
 
 STOREFRONT = Path(__file__).parent / "storefront"
 ESBUILD = STOREFRONT / "node_modules" / ".bin" / "esbuild"
@@ -46,22 +40,12 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def products(catalog: Path) -> dict[str, dict[str, Any]]:
-    docs = [json.loads(line) for line in catalog.read_text().splitlines() if line.strip()]
-    return {d["id"]: d for d in docs}
+    return {d["id"]: d for d in read_catalog(catalog)}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, catalog: Path, demo_embedder: Any) -> Path:
-    from clipfuse.plugin.edge import EdgeBackend
-
-    path = tmp_path_factory.mktemp("sf-store")
-    docs = [json.loads(line) for line in catalog.read_text().splitlines() if line.strip()]
-    backend = EdgeBackend(path, "products")
-    try:
-        assert Indexer(demo_embedder, backend, loader=ImageLoader(base_dir=catalog.parent)).index(docs).indexed == SIZE
-    finally:
-        backend.close()
-    return path
+    return index_catalog(catalog, tmp_path_factory.mktemp("sf-store"), demo_embedder)
 
 
 @pytest.fixture(scope="module")
@@ -99,78 +83,29 @@ def storefront(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def server(store: Path, catalog: Path, storefront: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`clipfuse serve` with a search-only key and the storefront's origin allowed (and no other)."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("sf-log") / "serve.log"
     env = {
-        **os.environ,
-        "CLIPFUSE_SERVICE__CHECK_BROKER": "false",
         "CLIPFUSE_SERVICE__CORS_ORIGINS": json.dumps([storefront]),
         "CLIPFUSE_SERVICE__ALGOLIA_API_KEY": KEY,
         "CLIPFUSE_SERVICE__ALGOLIA_APP_ID": "CLIPFUSE",
     }
-    env.pop("CLIPFUSE_MODEL__NAME", None)
-    command = [
-        sys.executable, "-m", "clipfuse.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--store", str(store), "--index", "products", "--catalog-root", str(catalog.parent),
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"clipfuse serve exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"clipfuse serve did not become healthy:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
+    with serve(store, catalog, tmp_path_factory.mktemp("sf-log") / "serve.log", env) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: apt-get install -y chromium (or set CLIPFUSE_CHROMIUM)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 @pytest.fixture
 def shop(browser: Any, server: str, storefront: str) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
-    tab.set_default_timeout(60_000)
-    problems: list[str] = []
-    calls: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    tab.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
-    tab.on("request", lambda r: calls.append(r.url) if "/1/indexes/" in r.url else None)
     api = server.removeprefix("http://")
-    tab.goto(f"{storefront}/index.html?api={api}&key={KEY}&app=CLIPFUSE")
-    tab.wait_for_selector("#hits .product")
-    tab.calls = calls  # type: ignore[attr-defined]
-    yield tab
-    context.close()
-    assert not problems, problems
-    assert calls and all(c.startswith(server) for c in calls)  # every search crossed origins to the service
+    url = f"{storefront}/index.html?api={api}&key={KEY}&app=CLIPFUSE"
+    calls: list[str] = []
+
+    def record_calls(page: Any) -> None:
+        page.on("request", lambda r: calls.append(r.url) if "/1/indexes/" in r.url else None)
+
+    with tab(browser, url, viewport=(1280, 900), allow_failed_loads=False, setup=record_calls) as page:
+        page.wait_for_selector("#hits .product")
+        page.calls = calls  # type: ignore[attr-defined]
+        yield page
+        assert calls and all(c.startswith(server) for c in calls)  # every search crossed origins to the service
 
 
 def _ids(page: Any) -> list[str]:

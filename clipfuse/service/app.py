@@ -52,6 +52,7 @@ from clipfuse.service.facets import Facets, compute_facets
 from clipfuse.service.limits import BodyLimitMiddleware
 from clipfuse.service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from clipfuse.service.security import SecurityHeadersMiddleware
+from clipfuse.service.ui import PageConfig, page_config
 from clipfuse.settings import Settings
 
 #: the library's default mix of image and modifier text, so the form and the JSON API rank alike
@@ -832,6 +833,16 @@ def create_app(
     )
     def facets() -> Facets:
         return service.facets()
+
+    @app.get(
+        "/api/ui",
+        response_model=PageConfig,
+        tags=["ui"],
+        summary="What the web page shows: its facets, its collapse field, the fields of a variant swatch",
+        responses=_errors(502, 503),
+    )
+    def ui_config() -> PageConfig:
+        return page_config(conf, service.facets())
 
     app.include_router(algolia_router(service))
 
