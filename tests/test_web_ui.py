@@ -53,10 +53,23 @@ def store(tmp_path_factory: pytest.TempPathFactory, catalog: Path, demo_embedder
     return index_catalog(catalog, tmp_path_factory.mktemp("ui-store"), demo_embedder, optimize=True)
 
 
+#: the merchandising rule of the service: "summer sale" pins this product first
+RULE_ID, RULE_QUERY = "summer-sale", "summer sale"
+
+
 @pytest.fixture(scope="module")
-def server(store: Path, catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`clipfuse serve` on a free localhost port, as a user would start it."""
-    with serve(store, catalog, tmp_path_factory.mktemp("ui-log") / "serve.log") as base:
+def pinned(products: dict[str, dict[str, Any]]) -> str:
+    return sorted(products)[7]
+
+
+@pytest.fixture(scope="module")
+def server(store: Path, catalog: Path, pinned: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`clipfuse serve` on a free localhost port, as a user would start it, with a rules file."""
+    folder = tmp_path_factory.mktemp("ui-log")
+    rules = folder / "rules.json"
+    rule = {"id": RULE_ID, "conditions": [{"pattern": RULE_QUERY, "anchoring": "contains"}]}
+    rules.write_text(json.dumps({"rules": [{**rule, "consequence": {"pin": [{"id": pinned, "position": 1}]}}]}))
+    with serve(store, catalog, folder / "serve.log", {"CLIPFUSE_SEARCH__RULES_FILE": str(rules)}) as base:
         yield base
 
 
@@ -420,6 +433,30 @@ def test_back_button_returns_to_the_previous_results(page: Any, products: dict[s
     page.go_forward()
     _settled(page, before)
     assert page.input_value("#q") == "dotted scarf" and _result_ids(page, 24) == scarves
+
+
+def test_a_page_whose_cursor_is_gone_is_asked_by_offset(page: Any) -> None:
+    page.select_option("#k", "12")
+    _search(page, "bag")
+    before = _answer(page)
+    page.click("#pager .next")
+    _settled(page, before)
+    ids = _result_ids(page, 12)
+    # what a reload after the cursor expired (or after a restart) sees: a token the service refuses
+    page.evaluate("() => history.replaceState({cursor: 'c1.forged.12.AAAA', image: null}, '', location.href)")
+    page.reload()
+    _settled(page)
+    assert _result_ids(page, 12) == ids and page.locator("#error").is_hidden()
+
+
+def test_a_pinned_product_is_first_and_says_so(page: Any, pinned: str, products: dict[str, dict[str, Any]]) -> None:
+    _search(page, f"{RULE_QUERY} scarf")
+    first = page.locator("#grid .card").first
+    assert first.get_attribute("data-id") == pinned
+    badge = first.locator(".rule")
+    assert badge.inner_text().lower() == "featured" and RULE_ID in (badge.get_attribute("title") or "")
+    assert page.locator("#grid .card .rule").count() == 1
+    assert first.locator(".title").inner_text() == products[pinned]["title"]
 
 
 def test_query_text_is_shown_as_text_never_as_markup(page: Any) -> None:
