@@ -24,6 +24,7 @@ from clipfuse.factory import (
     settings_for_existing_index,
 )
 from clipfuse.ingest.run import optimize_index, run_index
+from clipfuse.plugin.protocol import Stats
 from clipfuse.reindex.cli import describe_record
 from clipfuse.reindex.cli import register as register_reindex_commands
 from clipfuse.reindex.writer import resolve_alias
@@ -280,7 +281,7 @@ def optimize(index: IndexOpt = None, store: StoreOpt = None) -> None:
         started = time.perf_counter()
         try:
             changed = optimize_index(backend)
-            stats = getattr(backend, "stats", lambda: None)()
+            stats = backend.stats() if isinstance(backend, Stats) else None
         finally:
             backend.close()
     except ClipfuseError as e:

@@ -8,20 +8,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipfuse import embedding
+from clipfuse.embedding import Embedder
+from clipfuse.embedding.cache import CachedQueryEmbedder
 from clipfuse.errors import ConfigurationError, StoreLocked
 from clipfuse.images import ImageLimits, ImageLoader
+from clipfuse.ingest.pipeline import Indexer
+from clipfuse.plugin.cursor import CursorCodec, FileCursorStore, MemoryCursorStore, RedisCursorStore
+from clipfuse.plugin.searcher import HybridSearcher
+from clipfuse.reindex.writer import AliasWriter
 from clipfuse.settings import ImageSettings, ModelSettings, Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the engines' clients are optional extras, imported when a backend is built
     from qdrant_client import QdrantClient
 
-    from clipfuse.embedding import Embedder
-    from clipfuse.ingest.pipeline import Indexer
-    from clipfuse.plugin.cursor import CursorCodec
     from clipfuse.plugin.edge import EdgeBackend
     from clipfuse.plugin.protocol import Backend
-    from clipfuse.plugin.searcher import HybridSearcher
-    from clipfuse.reindex.writer import AliasWriter
 
 __all__ = [
     "build_backend",
@@ -126,9 +128,7 @@ def build_image_loader(settings: ImageSettings, *, base_dir: Path | None = None)
 
 
 def build_embedder(settings: ModelSettings) -> Embedder:
-    from clipfuse.embedding import build_embedder as _build
-
-    return _build(settings)
+    return embedding.build_embedder(settings)
 
 
 def resolve_text_encoder(settings: ModelSettings) -> str:
@@ -154,8 +154,6 @@ def resolve_text_encoder(settings: ModelSettings) -> str:
 def build_query_embedder(settings: ModelSettings) -> Embedder:
     """The embedder of the query side (``clipfuse serve``, ``search``): the text tower on the
     chosen encoder, behind an LRU cache of query embeddings (``CLIPFUSE_MODEL__QUERY_CACHE_SIZE``)."""
-    from clipfuse.embedding.cache import CachedQueryEmbedder
-
     embedder = build_embedder(settings)
     encoder = resolve_text_encoder(settings)
     if encoder != "torch":
@@ -187,8 +185,6 @@ def build_indexer(
     embedder: Embedder | None = None,
     base_dir: Path | None = None,
 ) -> Indexer:
-    from clipfuse.ingest.pipeline import Indexer
-
     return Indexer(
         embedder or build_embedder(settings.model),
         backend or build_backend(settings),
@@ -222,8 +218,6 @@ def build_writer(
     ``embedders``: a cache of loaded models by id (a worker keeps one for its life).
     ``explicit``: the configured model was chosen by the user; the target must have it.
     """
-    from clipfuse.reindex.writer import AliasWriter
-
     cache: dict[str, Embedder] = embedders if embedders is not None else {}
     default = embedder_for_model(settings, None, cache)
 
@@ -284,8 +278,6 @@ def build_searcher(
 
     ``cursor_dir``: keep cursors in files there (the CLI, see :func:`build_cursors`).
     """
-    from clipfuse.plugin.searcher import HybridSearcher
-
     return HybridSearcher(
         backend or build_backend(settings),
         embedder=embedder or build_query_embedder(settings.model),
@@ -300,8 +292,6 @@ def build_cursors(settings: Settings, *, directory: Path | None = None) -> Curso
 
     ``directory``: keep them in files there (the CLI, whose every command is a new process).
     """
-    from clipfuse.plugin.cursor import CursorCodec, FileCursorStore, MemoryCursorStore, RedisCursorStore
-
     conf = settings.search
     secret = conf.cursor_secret.get_secret_value() if conf.cursor_secret is not None else None
     kind = conf.cursor_store

@@ -122,6 +122,28 @@ def test_optimize_builds_the_edge_index_once(store: Path) -> None:
         backend.close()
 
 
+def test_optimize_is_a_declared_capability(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edge declares Optimizable and Stats; a qdrant-client store builds its index by itself."""
+    from qdrant_client import QdrantClient
+
+    from clipfuse.plugin.edge import EdgeBackend
+    from clipfuse.plugin.protocol import Optimizable, Stats
+    from clipfuse.plugin.qdrant import QdrantBackend
+
+    edge = EdgeBackend(tmp_path / "edge", "products")
+    qdrant = QdrantBackend(QdrantClient(location=":memory:"), "products")
+    try:
+        assert isinstance(edge, Optimizable) and isinstance(edge, Stats)
+        assert not isinstance(qdrant, Optimizable) and not isinstance(qdrant, Stats)
+    finally:
+        edge.close()
+        qdrant.close()
+    monkeypatch.setenv("CLIPFUSE_BACKEND", "qdrant")
+    result = runner.invoke(app, ["optimize", "--store", str(tmp_path / "qdrant")])
+    assert result.exit_code == 0, result.output
+    assert "builds its index by itself: nothing to do" in result.output
+
+
 def test_store_engine_resolution(tmp_path: Path, demo_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clipfuse.settings import Settings
 

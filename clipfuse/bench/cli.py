@@ -10,14 +10,12 @@ import sys
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-__all__ = ["app", "bench", "register"]
+from clipfuse.console import console, err
 
-console = Console()
-err = Console(stderr=True)
+__all__ = ["app", "bench", "register"]
 
 app = typer.Typer(
     help="clipfuse benchmarks: ingest throughput and query latency on generated catalog photos.",

@@ -17,7 +17,10 @@ import typer
 from rich.table import Table
 
 from clipfuse.console import console, err, fail, progress, settings_from_options
+from clipfuse.demo.catalog import generate_products, write_catalog
+from clipfuse.demo.run import DEMO_SEED
 from clipfuse.errors import ClipfuseError
+from clipfuse.eval.demo import make_demo_queries
 from clipfuse.eval.loaders import EvalQuery, load_karpathy, load_qrels, load_queries, write_qrels_trec, write_queries
 from clipfuse.eval.metrics import METRICS
 from clipfuse.eval.runner import ConfigResult, SignalLists, collect_signals, evaluate_configs, standard_configs
@@ -223,10 +226,6 @@ def markdown_table(results: list[ConfigResult]) -> str:
 def _demo_inputs(
     directory: Path, *, size: int, n_queries: int, text_noise: float, seed: int
 ) -> tuple[Path, list[EvalQuery], dict[str, dict[str, int]]]:
-    from clipfuse.demo.catalog import generate_products, write_catalog
-    from clipfuse.demo.run import DEMO_SEED
-    from clipfuse.eval.demo import make_demo_queries
-
     catalog = write_catalog(directory / "catalog", n=size, seed=DEMO_SEED, text_noise=text_noise)
     products = generate_products(size, DEMO_SEED, text_noise=text_noise)
     queries, qrels = make_demo_queries(products, n_queries, seed=seed, images_dir=directory / "query-images")

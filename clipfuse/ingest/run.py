@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from clipfuse.console import err, progress
 from clipfuse.errors import ClipfuseError
 from clipfuse.factory import build_writer
+from clipfuse.plugin.protocol import Backend, Optimizable
 from clipfuse.schemas import IngestReport
 from clipfuse.settings import Settings
 from clipfuse.sources import CatalogReader
@@ -49,12 +49,11 @@ def run_index(
     return report
 
 
-def optimize_index(backend: Any, *, show_progress: bool = True) -> bool | None:
+def optimize_index(backend: Backend, *, show_progress: bool = True) -> bool | None:
     """Build the engine's search index now (Qdrant Edge's HNSW graphs); ``None`` when it has nothing to build."""
-    optimize = getattr(backend, "optimize", None)
-    if not callable(optimize):
+    if not isinstance(backend, Optimizable):
         return None
     if not show_progress:
-        return bool(optimize())
+        return bool(backend.optimize())
     with err.status("building the search index (HNSW graphs; blocking, a minute per ~50k products on 2 cores)"):
-        return bool(optimize())
+        return bool(backend.optimize())

@@ -534,7 +534,7 @@ class EdgeBackend:
         with _errors(f"counting {self.collection!r}"):
             return int(shard.count(qe.CountRequest(exact=True)))
 
-    # -- index building --------------------------------------------------------------
+    # -- index building (capabilities Optimizable, Stats) -------------------------------
     def optimize(self) -> bool:
         """Build the HNSW graphs and merge segments (blocking, CPU-heavy). True if anything changed.
 

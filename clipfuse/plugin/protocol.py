@@ -179,6 +179,25 @@ class Fetchable(Protocol):
         ...
 
 
+@runtime_checkable
+class Optimizable(Protocol):
+    """A backend whose search index is built on request, not by the engine itself (Qdrant Edge's
+    HNSW graphs): ``clipfuse index`` builds it after a bulk index, ``clipfuse optimize`` on demand."""
+
+    def optimize(self) -> bool:
+        """Build the index now (blocking, CPU-heavy); True if anything changed."""
+        ...
+
+
+@runtime_checkable
+class Stats(Protocol):
+    """A backend that reports the state of its storage (segments, points, indexed vectors)."""
+
+    def stats(self) -> dict[str, int]:
+        """Counts by name, e.g. ``{"segments": 1, "points": 400, "indexed_vectors": 800}``."""
+        ...
+
+
 # -- declared capabilities (callers test them with isinstance) ------------------------------
 @dataclass(frozen=True, slots=True)
 class AliasRecord:

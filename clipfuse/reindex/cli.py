@@ -13,10 +13,14 @@ from rich.table import Table
 
 from clipfuse.console import console, err, fail, print_report, progress, settings_from_options
 from clipfuse.errors import ClipfuseError
+from clipfuse.eval.loaders import load_qrels, load_queries
+from clipfuse.factory import build_backend, build_embedder, build_image_loader, build_indexer, embedder_for_model
+from clipfuse.plugin.protocol import Aliased, AliasRecord, Backend, physical_name
+from clipfuse.reindex.gate import GateResult, run_gate
+from clipfuse.reindex.job import Reindexer, SwapRefused, images_root_for, prune, rollback
+from clipfuse.reindex.writer import resolve_alias
 
 if TYPE_CHECKING:
-    from clipfuse.plugin.protocol import AliasRecord, Backend
-    from clipfuse.reindex.gate import GateResult
     from clipfuse.settings import Settings
 
 __all__ = ["alias_app", "register", "reindex_command", "run_reindex"]
@@ -47,8 +51,6 @@ def gate_table(result: GateResult) -> Table:
 
 def describe_record(root: Backend, record: AliasRecord | None, alias: str) -> list[str]:
     """One line per index behind ``alias``: role, name, model, documents."""
-    from clipfuse.plugin.protocol import Aliased
-
     if record is None or not isinstance(root, Aliased):
         info = root.index_info()
         if info is None:
@@ -92,9 +94,6 @@ def run_reindex(
     ``root``: an open backend of the store to use (a service in the same process shares its own;
     an embedded store is open once per process), left open.
     """
-    from clipfuse.factory import build_backend, build_embedder, build_image_loader, build_indexer, embedder_for_model
-    from clipfuse.reindex.job import Reindexer, SwapRefused
-
     new_settings = settings.model.model_copy(update={"name": model_name, "pretrained": pretrained})
     new_embedder = build_embedder(new_settings)
     cache: dict[str, Any] = {new_embedder.model_id: new_embedder}
@@ -151,9 +150,6 @@ def run_reindex(
             "rounds": verified.rounds,
         }
         if gate is not None:
-            from clipfuse.eval.loaders import load_qrels, load_queries
-            from clipfuse.reindex.gate import run_gate
-
             record = job.record()
             assert record is not None and record.building is not None
             old_backend = job.backend(record.target)
@@ -228,8 +224,6 @@ def reindex_command(
     Writes through the alias meanwhile reach both indexes; searches stay on the old index until the
     swap. Killed or refused, run it again: it resumes without re-embedding what is done.
     """
-    from clipfuse.reindex.job import images_root_for
-
     extra = {"batch_size": batch_size} if batch_size else {}
     settings = settings_from_options(None, index, store, **extra)
     if pretrained is None and not model.startswith(("hf-hub:", "local-dir:")) and model != "clipfuse-demo":
@@ -277,8 +271,6 @@ def reindex_command(
 
 
 def _root(index: str | None, store: Path | None) -> tuple[Any, Backend]:
-    from clipfuse.factory import build_backend
-
     settings = settings_from_options(None, index, store)
     return settings, build_backend(settings)
 
@@ -286,8 +278,6 @@ def _root(index: str | None, store: Path | None) -> tuple[Any, Backend]:
 @alias_app.command("show")
 def alias_show(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """The alias, its target, the index being built and the previous one, with models and counts."""
-    from clipfuse.reindex.writer import resolve_alias
-
     try:
         settings, root = _root(index, store)
         try:
@@ -302,8 +292,6 @@ def alias_show(index: IndexOpt = None, store: StoreOpt = None) -> None:
 @alias_app.command("rollback")
 def alias_rollback(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """Point the alias back at its previous index (kept up to date since the swap)."""
-    from clipfuse.reindex.job import rollback
-
     try:
         settings, root = _root(index, store)
         try:
@@ -318,8 +306,6 @@ def alias_rollback(index: IndexOpt = None, store: StoreOpt = None) -> None:
 @alias_app.command("prune")
 def alias_prune(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """Drop the previous index (no rollback after this; writes stop going to it)."""
-    from clipfuse.reindex.job import prune
-
     try:
         settings, root = _root(index, store)
         try:
@@ -334,9 +320,6 @@ def alias_prune(index: IndexOpt = None, store: StoreOpt = None) -> None:
 @alias_app.command("abort")
 def alias_abort(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """Stop a re-index: drop the index being built (the alias stays where it is)."""
-    from clipfuse.plugin.protocol import Aliased
-    from clipfuse.reindex.writer import resolve_alias
-
     try:
         settings, root = _root(index, store)
         try:
@@ -344,8 +327,6 @@ def alias_abort(index: IndexOpt = None, store: StoreOpt = None) -> None:
             if record is None or record.building is None or not isinstance(root, Aliased):
                 console.print("no re-index in progress")
                 return
-            from clipfuse.plugin.protocol import AliasRecord
-
             building = record.building
             root.write_alias(AliasRecord(record.alias, record.target, record.previous, None))
             root.drop_index(building)
@@ -359,8 +340,6 @@ def alias_abort(index: IndexOpt = None, store: StoreOpt = None) -> None:
 @alias_app.command("adopt")
 def alias_adopt(index: IndexOpt = None, store: StoreOpt = None) -> None:
     """Turn a plain index (made before aliases) into a physical index behind an alias of the same name."""
-    from clipfuse.plugin.protocol import Aliased, physical_name
-
     try:
         settings, root = _root(index, store)
         try:

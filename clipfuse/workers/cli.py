@@ -13,19 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from clipfuse.console import console, err, fail
 from clipfuse.errors import ClipfuseError
 from clipfuse.schemas.safetext import markup_safe
 from clipfuse.settings import Settings
 from clipfuse.sources import CatalogReader
 
 __all__ = ["app", "dead_letters_app", "register"]
-
-console = Console()
-err = Console(stderr=True)
 
 
 app = typer.Typer(
@@ -70,11 +67,6 @@ def _settings(index: str | None = None, queue: str | None = None, broker: str | 
             b["url"] = broker
         update["broker"] = settings.broker.model_copy(update=b)
     return settings.model_copy(update=update) if update else settings
-
-
-def _fail(error: Exception | str) -> None:
-    err.print(f"[bold red]error:[/] {markup_safe(error)}")
-    raise typer.Exit(2)
 
 
 def _safe(url: str) -> str:
@@ -133,7 +125,7 @@ def _store_env(store: Path | None, qdrant_url: str | None) -> dict[str, Any]:
     try:
         chosen = base.with_store(store.resolve())
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
     out: dict[str, Any] = {"CLIPFUSE_EDGE__PATH": chosen.edge.path, "CLIPFUSE_QDRANT__PATH": chosen.qdrant.path}
     if chosen.backend != base.backend:
         out["CLIPFUSE_BACKEND"] = chosen.backend
@@ -190,7 +182,7 @@ def worker(
     Arguments after `--` go to Celery unchanged, e.g. `clipfuse worker -- --max-memory-per-child 0`.
     """
     if pool not in ("solo", "threads"):
-        _fail(f"--pool must be solo or threads, not {pool!r} (prefork strands a killed child's batch)")
+        fail(f"--pool must be solo or threads, not {pool!r} (prefork strands a killed child's batch)")
     argv, env = worker_command(
         {
             **_store_env(store, qdrant_url),
@@ -238,7 +230,7 @@ def enqueue(
 
     settings = _settings(index, queue, broker)
     if not path.exists():
-        _fail(f"{path} does not exist: give a JSONL catalog (one document per line) or a folder of images")
+        fail(f"{path} does not exist: give a JSONL catalog (one document per line) or a folder of images")
     catalog = CatalogReader(path)
     total = catalog.count()
     base_dir = path if path.is_dir() else path.parent
@@ -264,9 +256,9 @@ def enqueue(
             )
             progress.update(sent, total=result.accepted)
     except EnqueueError as e:
-        _fail(e)
+        fail(e)
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
     for rejection in result.refused:
         rejection.line = catalog.line_of(rejection.position)
     console.print(
@@ -373,7 +365,7 @@ def dead_letters_list(
         finally:
             store.close()
     except Exception as e:
-        _fail(f"cannot read the dead-letter store: {e}")
+        fail(f"cannot read the dead-letter store: {e}")
     table = Table("id", "stage", "code", "reason", "at", title=f"dead letters of {settings.index}: {total}")
     for letter in letters:
         r = letter.rejection
@@ -409,14 +401,14 @@ def dead_letters_replay(
     from clipfuse.workers.producer import enqueue as send
 
     if not ids and not all_ and not code:
-        _fail("say which: --id ID (repeatable), --code CODE, or --all")
+        fail("say which: --id ID (repeatable), --code CODE, or --all")
     settings = _settings(index, queue, broker)
     try:
         store = DeadLetters.from_settings(settings)
         result = store.replay(lambda docs: send(docs, settings=settings), keys=ids or None, codes=code)
         store.close()
     except ClipfuseError as e:
-        _fail(e)
+        fail(e)
     console.print(f"[bold green]{len(result.replayed)}[/] re-enqueued to queue {settings.broker.queue}")
     for key, reason in result.still_invalid.items():
         console.print(f"[red]still invalid[/] {markup_safe(key)}: {markup_safe(reason)}")
