@@ -25,10 +25,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=3, help="index + reindex pairs, side by side")
     args = parser.parse_args()
 
-    from clipfuse.ingest.run import run_index
     from clipfuse.demo.catalog import write_catalog
+    from clipfuse.ingest.run import run_index
     from clipfuse.reindex.cli import run_reindex
     from clipfuse.settings import Settings
 
@@ -53,47 +54,56 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-    settings = Settings().with_store(work / "store")
-    settings = settings.model_copy(
-        update={
-            "model": settings.model.model_copy(update={"name": "clipfuse-demo", "pretrained": None, "device": "cpu"})
-        }
-    )
+    base = Settings()
+    model = base.model.model_copy(update={"name": "clipfuse-demo", "pretrained": None, "device": "cpu"})
     # the same pipeline as `clipfuse index` (build_writer: what run_index uses), with the model loaded
-    # first and the JPEGs in the page cache (a warm-up run), as the re-index's copy stage has them
+    # first and the JPEGs in the page cache (a warm-up run); the re-index loads its new model before
+    # its copy stage too (timed apart as "load model")
     from clipfuse.factory import build_embedder, build_writer
     from clipfuse.sources import CatalogReader
 
-    embedder = build_embedder(settings.model)
+    embedder = build_embedder(model)
     embedder.load()  # type: ignore[attr-defined]
-    warm = settings.with_store(work / "warm-up")
-    run_index(warm.model_copy(update={"model": settings.model}), catalog, show_progress=False, optimize=False)
-    writer = build_writer(settings, base_dir=catalog.parent, embedders={embedder.model_id: embedder})
-    try:
-        started = time.perf_counter()
-        report = writer.index(CatalogReader(catalog))
-        index_seconds = time.perf_counter() - started
-    finally:
-        writer.close()
-    index_rate = report.indexed / index_seconds
-    summary = run_reindex(
-        settings,
-        model_name=f"local-dir:{second}",
-        pretrained=None,
-        images_root=catalog.parent,
-        show_progress=False,
-    )
-    copy_seconds = summary["timings"]["copy"]
-    reindex_rate = summary["copied"] / copy_seconds
-    total_rate = summary["copied"] / summary["seconds"]
+    warm = base.with_store(work / "warm-up").model_copy(update={"model": model})
+    run_index(warm, catalog, show_progress=False, optimize=False)
     print(f"catalog: {args.n} products, {args.image_size}px JPEGs, Qdrant Edge, CPU")
-    print(f"clipfuse index:   {report.indexed} docs in {index_seconds:.2f}s = {index_rate:.1f} docs/s")
-    print(
-        f"clipfuse reindex: {summary['copied']} docs re-embedded in {copy_seconds:.2f}s = {reindex_rate:.1f} docs/s "
-        f"(whole run with prepare / verify / swap: {summary['seconds']:.2f}s = {total_rate:.1f} docs/s)"
-    )
-    print(f"ratio reindex / index: {reindex_rate / index_rate:.2f} (whole run: {total_rate / index_rate:.2f})")
-    print("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["timings"].items()))
+    ratios = []
+    for run in range(1, args.repeat + 1):
+        settings = base.with_store(work / f"store-{run}").model_copy(update={"model": model})
+        writer = build_writer(settings, base_dir=catalog.parent, embedders={embedder.model_id: embedder})
+        try:
+            started = time.perf_counter()
+            report = writer.index(CatalogReader(catalog))
+            index_seconds = time.perf_counter() - started
+        finally:
+            writer.close()
+        index_rate = report.indexed / index_seconds
+        summary = run_reindex(
+            settings,
+            model_name=f"local-dir:{second}",
+            pretrained=None,
+            images_root=catalog.parent,
+            show_progress=False,
+        )
+        copy_seconds = summary["timings"]["copy"]
+        reindex_rate = summary["copied"] / copy_seconds
+        total_rate = summary["copied"] / summary["seconds"]
+        ratios.append(reindex_rate / index_rate)
+        print(f"run {run}:")
+        print(f"  clipfuse index:   {report.indexed} docs in {index_seconds:.2f}s = {index_rate:.1f} docs/s")
+        print(
+            f"  clipfuse reindex: {summary['copied']} docs re-embedded in {copy_seconds:.2f}s = {reindex_rate:.1f} "
+            f"docs/s (whole run with prepare / load / verify / swap: {summary['seconds']:.2f}s = {total_rate:.1f} "
+            "docs/s)"
+        )
+        print(f"  ratio reindex / index: {reindex_rate / index_rate:.2f} (whole run: {total_rate / index_rate:.2f})")
+        print("  reindex stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["timings"].items()))
+        print("  index pipeline: " + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(report.stage_seconds.items())))
+        print(
+            "  reindex pipeline: "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(summary["report"].stage_seconds.items()))
+        )
+    print("ratios: " + ", ".join(f"{r:.2f}" for r in ratios) + f"; median {sorted(ratios)[len(ratios) // 2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +52,20 @@ def browser() -> Iterator[Any]:
 
     with launch_chromium() as instance:
         yield instance
+
+
+@pytest.fixture(scope="session")
+def weak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second checkpoint: the demo architecture trained for 5 steps by clipfuse.demo.train (deliberately
+    weak: the gate must refuse it against the demo model), made once per test session."""
+    out = tmp_path_factory.mktemp("weak-model")
+    subprocess.run(
+        [sys.executable, "-m", "clipfuse.demo.train", "--out", str(out), "--steps", "5", "--eval-n", "50"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out
 
 
 @pytest.fixture

@@ -485,3 +485,29 @@ def test_queue_depth_counts_waiting_messages(broker: str) -> None:
         assert store.stats()["enqueued"] == 7
         store.reset_stats()
         store.close()
+
+
+def test_a_reindex_step_runs_in_its_place_among_upserts_and_deletes_and_is_retried() -> None:
+    """``clipfuse reindex --queue`` sends its steps through the same queue: a step runs between the
+    upserts sent before it and those sent after, and an engine outage during it is retried."""
+    from clipfuse.errors import BackendUnavailable
+
+    core = FakeCore()
+    outages = [BackendUnavailable("engine down")]
+
+    def step(message: Mapping[str, Any]) -> None:
+        if outages:
+            raise outages.pop()
+        core.calls.append(("reindex", [message["step"]]))
+
+    processor = core.processor()
+    processor.steps = {"reindex": step}
+    reindex = {"op": "reindex", "step": "copy", "seq": 1, "job": {"job": "j", "model": "m"}}
+    outcome = processor.process(
+        [upsert(doc(1)), reindex, {"op": "delete", "ids": ["1"]}, upsert(doc(2)), {"op": "nope"}]
+    )
+    assert outcome == {"requeue": []}
+    assert core.calls == [("upsert", ["1"]), ("reindex", ["copy"]), ("delete", ["1"]), ("upsert", ["2"])]
+    assert core.slept  # the outage was waited out, not turned into a rejection
+    [(rejections, _, _)] = [r for r in core.recorded if r[0]]
+    assert [r.code for r in rejections] == ["bad_message"]  # an op nobody handles is still refused

@@ -42,19 +42,6 @@ def clipfuse(*args: str, check: bool = True, **extra_env: str) -> subprocess.Com
     return result
 
 
-@pytest.fixture(scope="session")
-def weak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second checkpoint: the demo architecture trained for 5 steps by clipfuse.demo.train."""
-    out = tmp_path_factory.mktemp("weak-model")
-    subprocess.run(
-        [sys.executable, "-m", "clipfuse.demo.train", "--out", str(out), "--steps", "5", "--eval-n", "50"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return out
-
-
 def _alias(store: Path) -> dict:
     return json.loads((store / "products.alias.json").read_text())
 

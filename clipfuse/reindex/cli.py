@@ -34,18 +34,21 @@ StoreOpt = Annotated[Optional[Path], typer.Option("--store", help="embedded stor
 log = logging.getLogger(__name__)
 
 
-def gate_table(result: GateResult) -> Table:
+def gate_table(result: GateResult | dict[str, Any]) -> Table:
+    """The gate's table, from its result or its JSON (what a queued re-index's status holds)."""
+    data = result if isinstance(result, dict) else result.to_json()
+    metric = data["metric"]
     table = Table(
         "configuration",
-        f"old {result.metric}",
-        f"new {result.metric}",
+        f"old {metric}",
+        f"new {metric}",
         "new - old",
-        title=f"evaluation gate ({result.old_model} -> {result.new_model})",
+        title=f"evaluation gate ({data['old_model']} -> {data['new_model']})",
         title_justify="left",
     )
-    for name, old, new, delta in result.rows():
-        mark = " <- gate" if name == result.config else ""
-        table.add_row(name + mark, f"{old:.4f}", f"{new:.4f}", f"{delta:+.4f}")
+    for row in data["rows"]:
+        mark = " <- gate" if row["config"] == data["config"] else ""
+        table.add_row(row["config"] + mark, f"{row['old']:.4f}", f"{row['new']:.4f}", f"{row['delta']:+.4f}")
     return table
 
 
@@ -86,6 +89,7 @@ def run_reindex(
     show_progress: bool = True,
     on_step: Any = None,
     root: Backend | None = None,
+    page_size: int = 512,
 ) -> dict[str, Any]:
     """Re-embed the documents behind ``settings.index`` with another model and swap the alias (in-process).
 
@@ -104,7 +108,7 @@ def run_reindex(
 
     owns_root = root is None
     root = root or build_backend(settings)
-    job = Reindexer(root, settings.index, model_id=new_embedder.model_id, indexer_for=indexer_for)
+    job = Reindexer(root, settings.index, model_id=new_embedder.model_id, indexer_for=indexer_for, page_size=page_size)
     summary: dict[str, Any] = {"alias": settings.index, "model": new_embedder.model_id}
     try:
         plan = job.plan()
@@ -116,6 +120,11 @@ def run_reindex(
             return summary
         started = time.perf_counter()
         job.prepare()
+        load = getattr(new_embedder, "load", None)
+        if callable(load):  # the new model loads once, before the copy (as a worker's warm-up does)
+            t = time.perf_counter()
+            load()
+            job.timings["load model"] = time.perf_counter() - t
         if on_step:
             on_step("prepared", job)
         with progress() as bar:
@@ -218,6 +227,18 @@ def reindex_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would happen; change nothing")] = False,
     batch_size: Annotated[Optional[int], typer.Option(help="documents per batch [env CLIPFUSE_BATCH_SIZE]")] = None,
     report: Annotated[Optional[Path], typer.Option(help="write the report (rejections, timings) as JSON here")] = None,
+    queue: Annotated[
+        bool,
+        typer.Option(
+            "--queue",
+            help="run it in the queue workers (they hold the engine and the GPU; needed for an embedded store "
+            "a worker has open); the command waits for the swap",
+        ),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="with --queue: how long to wait, in seconds")] = 24 * 3600,
+    page_size: Annotated[
+        int, typer.Option(help="documents read from the old index at a time (with --queue: per message)")
+    ] = 512,
 ) -> None:
     """Re-embed every document with another model into a new index, verify it, gate it, swap the alias.
 
@@ -230,17 +251,37 @@ def reindex_command(
         pretrained = settings.model.pretrained
     root_dir = images_root_for(settings.embedded_store, images_root or settings.service.catalog_root)
     try:
-        summary = run_reindex(
-            settings,
-            model_name=model,
-            pretrained=pretrained,
-            images_root=root_dir.resolve() if root_dir else None,
-            gate=gate,
-            metric=metric,
-            gate_config=gate_config,
-            tolerance=tolerance,
-            dry_run=dry_run,
-        )
+        if queue:
+            from clipfuse.reindex.queue import run_queued
+
+            summary = run_queued(
+                settings,
+                {
+                    "model": model,
+                    "pretrained": pretrained,
+                    "images_root": str(root_dir.resolve()) if root_dir else None,
+                    "gate": (str(gate[0].resolve()), str(gate[1].resolve())) if gate else None,
+                    "metric": metric,
+                    "gate_config": gate_config,
+                    "tolerance": tolerance,
+                    "dry_run": dry_run,
+                    "page_size": page_size,
+                },
+                timeout_s=timeout,
+            )
+        else:
+            summary = run_reindex(
+                settings,
+                model_name=model,
+                pretrained=pretrained,
+                images_root=root_dir.resolve() if root_dir else None,
+                gate=gate,
+                metric=metric,
+                gate_config=gate_config,
+                tolerance=tolerance,
+                dry_run=dry_run,
+                page_size=page_size,
+            )
     except ClipfuseError as e:
         fail(e)
     if dry_run:

@@ -271,6 +271,32 @@ class Reindexer:
         have = target.get_payloads([doc_id for doc_id, _ in page])
         return [(doc_id, payload) for doc_id, payload in page if have.get(doc_id) != payload]
 
+    def copy_page(self, offset: Any) -> tuple[IngestReport, int, int, Any]:
+        """One page of :meth:`copy` (what a queue worker runs per message): read the page of the old
+        index at ``offset``, embed what the new one lacks; (report, documents read, skipped, next offset
+        or None at the end)."""
+        started = time.perf_counter()
+        record = self.record()
+        if record is None or record.building is None:
+            raise ConfigurationError(f"no re-index of {self.alias!r} is prepared")
+        source, indexer = self.backend(record.target), self.indexer()
+        if not isinstance(source, Scrollable):
+            raise ConfigurationError(f"the {source.name} backend cannot list its documents")
+        page, next_offset = source.scroll_payloads(offset, self.page_size)
+        todo = self._to_copy(page, indexer.backend)
+        rejected: list[Rejection] = []
+        docs = []
+        for doc_id, payload in todo:
+            doc = document_of(doc_id, payload)
+            refusal = _inline_rejection(doc)
+            if refusal is not None:
+                rejected.append(refusal)
+            else:
+                docs.append(doc)
+        report = indexer.index(docs) if docs else IngestReport()
+        self._timed("copy", started)
+        return report.merge(IngestReport(rejected=rejected)), len(page), len(page) - len(todo), next_offset
+
     def copy(self, *, on_batch: Callable[[IngestReport, int], None] | None = None) -> tuple[IngestReport, int]:
         """Embed into the new index every document of the old one it lacks; (report, documents skipped)."""
         started = time.perf_counter()
@@ -283,8 +309,16 @@ class Reindexer:
 
         def documents() -> Iterator[dict[str, Any]]:
             nonlocal skipped
-            for page in self._scroll(source):
+            pages = self._scroll(source)
+            while True:
+                t = time.perf_counter()
+                page = next(pages, None)
+                self._timed("copy: read old", t)
+                if page is None:
+                    return
+                t = time.perf_counter()
                 todo = self._to_copy(page, indexer.backend)
+                self._timed("copy: compare new", t)
                 skipped += len(page) - len(todo)
                 if on_batch is not None and len(page) > len(todo):
                     on_batch(IngestReport(), len(page) - len(todo))

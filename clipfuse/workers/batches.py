@@ -99,7 +99,7 @@ class _Stop(Exception):
 
 @dataclass
 class _Segment:
-    op: Literal["upsert", "delete"]
+    op: Literal["upsert", "delete", "step"]
     items: list[Any] = field(default_factory=list)
     #: the message each item came from
     origins: list[int] = field(default_factory=list)
@@ -138,8 +138,11 @@ class BatchProcessor:
         metrics: WorkerMetrics | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        steps: Mapping[str, Callable[[Mapping[str, Any]], None]] | None = None,
     ) -> None:
         self.index_batch = index_batch
+        #: other ops, run in their place among the upserts and deletes (``reindex``: clipfuse.reindex.queue)
+        self.steps = dict(steps or {})
         self.delete = delete
         self.record = record
         self.republish = republish
@@ -218,6 +221,9 @@ class BatchProcessor:
         bad: list[Rejection] = []
         bad_positions: list[int] = []
         for position, message in enumerate(messages):
+            if isinstance(message, Mapping) and message.get("op") in self.steps:
+                segments.append(_Segment("step", [message], [position]))
+                continue
             op, items, rejections = _classify(message)
             if rejections:
                 bad.extend(rejections)
@@ -234,6 +240,11 @@ class BatchProcessor:
 
     # -- running --------------------------------------------------------------------------
     def _run_segment(self, segment: _Segment) -> None:
+        if segment.op == "step":
+            message = segment.items[0]
+            self._retrying(f"running {message['op']}", lambda: self.steps[message["op"]](message))
+            self._done.update(segment.origins)
+            return
         if segment.op == "delete":
             ids = segment.items[0]
             report = self._retrying("deleting", lambda: self.delete(ids))

@@ -130,6 +130,9 @@ class WorkerRuntime:
         self.settings = settings
         self._embedder: Any = None
         self._indexer: AliasWriter | None = None
+        #: every model this process loaded, by id (the configured one, and a re-index's)
+        self.embedders: dict[str, Any] = {}
+        self._reindexer: Any = None
         self.dead = DeadLetters.from_settings(settings)
         self.metrics = get_metrics()
         self.processor = BatchProcessor(
@@ -141,6 +144,7 @@ class WorkerRuntime:
             worker=settings.worker,
             batch_size=settings.batch_size,
             metrics=self.metrics,
+            steps={"reindex": lambda message: self.reindexer().step(message)},
         )
 
     def embedder(self) -> Any:
@@ -165,8 +169,20 @@ class WorkerRuntime:
             except StoreLocked as e:  # another process has the embedded store open: wait for it
                 raise BackendUnavailable(str(e)) from e
             embedder = self.embedder()
-            self._indexer = build_writer(self.settings, root=backend, embedders={embedder.model_id: embedder})
+            self.embedders.setdefault(embedder.model_id, embedder)
+            self._indexer = build_writer(self.settings, root=backend, embedders=self.embedders)
         return self._indexer
+
+    def reindexer(self) -> Any:
+        """Runs ``clipfuse reindex --queue``'s step messages (:mod:`clipfuse.reindex.queue`) on this
+        process's engine client and models."""
+        if self._reindexer is None:
+            from clipfuse.reindex.queue import QueueReindexer
+
+            self._reindexer = QueueReindexer(
+                self.settings, self.indexer(), embedders=self.embedders, publish=lambda m: self.republish([m])
+            )
+        return self._reindexer
 
     def republish(self, messages: Sequence[Mapping[str, Any]]) -> None:
         with self.app.producer_or_acquire() as producer:
@@ -176,6 +192,9 @@ class WorkerRuntime:
                 )
 
     def close(self) -> None:
+        if self._reindexer is not None:
+            self._reindexer.close()
+            self._reindexer = None
         if self._indexer is not None:
             try:
                 self._indexer.close()
