@@ -23,14 +23,12 @@ from clipfuse.plugin.filters import resolve_filter_tree, resolve_filters
 from clipfuse.plugin.fusion import Ranked
 from clipfuse.plugin.protocol import Backend, Fetchable, HybridQuery, IndexInfo, Retriever
 from clipfuse.plugin.ranking import AnyBoost, Candidate
-from clipfuse.schemas import FilterCondition, Hit, SearchRequest, SearchResponse, SignalScores
+from clipfuse.schemas import FilterCondition, SearchRequest, SearchResponse
 from clipfuse.schemas.rules import RuleSet, load_rules
 from clipfuse.schemas.search import (
     DecayBoost,
-    Explanation,
     FacetStats,
     FilterBoost,
-    SignalExplanation,
     Total,
     Variant,
     parse_boost,
@@ -504,12 +502,8 @@ class HybridSearcher:
         full = any(len(ranked) >= query.candidates for ranked in result.lists)
         total = Total(value=len(groups), relation="gte" if full else "eq")
 
-        hits = [
-            self._hit(group, position, request, per_signal, contributions, signals, payloads)
-            for position, group in enumerate(groups, start=1)
-        ]
         frozen = FrozenRanking(
-            hits=hits,
+            **self._columns(groups, request, per_signal, contributions, signals, payloads),
             k=request.k,
             fusion=request.fusion,
             fused_by=fused_by,
@@ -523,71 +517,78 @@ class HybridSearcher:
         )
         end = request.offset + request.k
         next_cursor = None
-        if self.cursors is not None and end < len(hits):
+        if self.cursors is not None and end < len(frozen):
             next_cursor = self.cursors.token(self.cursors.freeze(frozen), end)
-        page = hits[request.offset : end]
-        return self._respond(frozen, page, payloads if complete else None, next_cursor, started)
+        return self._respond(frozen, request.offset, end, payloads if complete else None, next_cursor, started)
 
-    def _hit(
+    def _columns(
         self,
-        group: collapse_steps.Group,
-        position: int,
+        groups: list[collapse_steps.Group],
         request: SearchRequest,
         per_signal: dict[str, dict[str, tuple[float, int]]],
         contributions: list[dict[str, float]],
         signals: list[str],
         payloads: dict[str, dict[str, Any]],
-    ) -> Hit:
-        head = group.head
-        scores: dict[str, float | None] = {}
-        ranks: dict[str, float | None] = {}
-        explained: dict[str, SignalExplanation] = {}
+    ) -> dict[str, Any]:
+        """The ranked window as :class:`FrozenRanking`'s columns: each hit explained (see :meth:`search`)."""
+        heads = [g.head for g in groups]
+        ids = [h.id for h in heads]
+        scores = [float(h.score) for h in heads]
+        fused = [h.fused for h in heads]
+        normalised = [h.normalised for h in heads]
+        raw: list[list[float | None]] = []
+        ranks: list[list[int | None]] = []
+        parts: list[list[float | None]] = []
         for signal, table in zip(signals, contributions, strict=True):
-            entry = per_signal[signal].get(head.id)
-            scores[signal] = entry[0] if entry else None
-            ranks[signal] = float(entry[1]) if entry else None
-            if entry:
-                explained[signal] = SignalExplanation(raw=entry[0], rank=entry[1], contribution=table.get(head.id, 0.0))
-        variants: list[Variant] = []
+            found = per_signal[signal]
+            entries = [found.get(doc) for doc in ids]
+            raw.append([None if e is None else e[0] for e in entries])
+            ranks.append([None if e is None else e[1] for e in entries])
+            parts.append([None if e is None else table.get(doc, 0.0) for doc, e in zip(ids, entries, strict=True)])
+        variants: dict[int, list[Variant]] = {}
         if request.collapse is not None:
-            wanted = request.collapse.fields
-            for variant in group.variants[: request.collapse.max_variants]:
-                source = payloads.get(variant.id, {})
-                variants.append(
-                    Variant(id=variant.id, score=variant.score, payload={f: source[f] for f in wanted if f in source})
-                )
-        return Hit(
-            id=head.id,
-            rank=position,
-            score=float(head.score),
-            signals=SignalScores(**scores),
-            ranks=SignalScores(**ranks),
-            explanation=Explanation(
-                signals=explained,
-                fused=head.fused,
-                normalised=head.normalised,
-                boosts=head.boosts,
-                final=head.score,
-            ),
-            rule=head.rule,
-            group=group.key,
-            variants=variants,
-        )
+            wanted, most = request.collapse.fields, request.collapse.max_variants
+            for i, group in enumerate(groups):
+                if group.variants:
+                    variants[i] = [
+                        Variant(
+                            id=v.id,
+                            score=v.score,
+                            payload={f: p[f] for f in wanted if f in (p := payloads.get(v.id, {}))},
+                        )
+                        for v in group.variants[:most]
+                    ]
+        return {
+            "ids": ids,
+            "scores": scores,
+            "fused": None if fused == scores else fused,
+            "normalised": None if all(n is None for n in normalised) else normalised,
+            "signals": signals,
+            "signal_scores": raw,
+            "signal_ranks": ranks,
+            "contributions": parts,
+            "boosts": {i: h.boosts for i, h in enumerate(heads) if h.boosts},
+            "rules": {i: h.rule for i, h in enumerate(heads) if h.rule is not None},
+            "groups": {i: g.key for i, g in enumerate(groups) if g.key is not None},
+            "variants": variants,
+        }
 
     def _respond(
         self,
         frozen: FrozenRanking,
-        page: list[Hit],
+        start: int,
+        end: int,
         payloads: dict[str, dict[str, Any]] | None,
         next_cursor: str | None,
         started: float,
     ) -> SearchResponse:
-        """The response for one page: the page's hits with their full payloads."""
+        """The response for one page (the frozen hits ``start:end``): its hits with their full payloads."""
+        ids = frozen.ids[start:end]
         have = payloads or {}
-        missing = [h.id for h in page if h.id not in have]
+        missing = [doc for doc in ids if doc not in have]
         if missing and isinstance(self.backend, Fetchable):
             have = {**have, **self.backend.fetch(missing)}
-        hits = [h.model_copy(update={"payload": have.get(h.id, {})}) for h in page]
+        hits = frozen.page(start, end, have)
         return SearchResponse(
             hits=hits,
             fusion=frozen.fusion,
@@ -610,9 +611,8 @@ class HybridSearcher:
         frozen, key, offset = self.cursors.load(request.cursor or "")
         k = request.k if "k" in request.model_fields_set else frozen.k
         end = offset + k
-        page = frozen.hits[offset:end]
-        next_cursor = self.cursors.token(key, end) if end < len(frozen.hits) else None
-        return self._respond(frozen, page, None, next_cursor, started)
+        next_cursor = self.cursors.token(key, end) if end < len(frozen) else None
+        return self._respond(frozen, offset, end, None, next_cursor, started)
 
 
 @dataclasses.dataclass
