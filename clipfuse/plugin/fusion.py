@@ -61,6 +61,7 @@ __all__ = [
     "Ranked",
     "dbsf",
     "fuse",
+    "fused_order",
     "linear",
     "qdrant_rrf_k",
     "rrf",
@@ -143,43 +144,38 @@ def _check_limit(limit: int | None) -> None:
         raise ValueError(f"limit must be >= 0 or None, got {limit!r}")
 
 
+def _order(prepared: list[list[_Entry]], totals: dict[str, float], limit: int | None) -> list[tuple[str, float]]:
+    """``(id, fused score)`` for every id in ``totals``, sorted: fused score descending, then best
+    (smallest) rank ascending, then id ascending; at most ``limit``."""
+    best: dict[str, int] = {}
+    for entries in prepared:
+        for doc_id, _score, rank in entries:
+            if rank < best.get(doc_id, rank + 1):
+                best[doc_id] = rank
+    order = sorted(totals.items(), key=lambda item: (-item[1], best[item[0]], item[0]))
+    return order if limit is None else order[:limit]
+
+
 def _assemble(
     prepared: list[list[_Entry]],
     contributions: dict[str, float],
     limit: int | None,
 ) -> list[Fused]:
-    """Build :class:`Fused` rows for every id in ``contributions``, sorted.
+    """Build :class:`Fused` rows for every id in ``contributions``, sorted as :func:`_order` sorts.
 
-    Sort key: fused score descending, then best rank ascending, then id
-    ascending.
+    Only the rows within ``limit`` are built.
     """
+    order = _order(prepared, contributions, limit)
     n_lists = len(prepared)
-    scores: dict[str, list[float | None]] = {}
-    ranks: dict[str, list[int | None]] = {}
+    scores: dict[str, list[float | None]] = {doc_id: [None] * n_lists for doc_id, _total in order}
+    ranks: dict[str, list[int | None]] = {doc_id: [None] * n_lists for doc_id, _total in order}
     for list_index, entries in enumerate(prepared):
         for doc_id, score, rank in entries:
-            if doc_id not in scores:
-                scores[doc_id] = [None] * n_lists
-                ranks[doc_id] = [None] * n_lists
-            scores[doc_id][list_index] = score
-            ranks[doc_id][list_index] = rank
-
-    fused = [
-        Fused(
-            id=doc_id,
-            score=total,
-            signal_scores=tuple(scores[doc_id]),
-            signal_ranks=tuple(ranks[doc_id]),
-        )
-        for doc_id, total in contributions.items()
-    ]
-
-    def sort_key(row: Fused) -> tuple[float, int, str]:
-        best_rank = min(r for r in row.signal_ranks if r is not None)
-        return (-row.score, best_rank, row.id)
-
-    fused.sort(key=sort_key)
-    return fused if limit is None else fused[:limit]
+            doc_scores = scores.get(doc_id)
+            if doc_scores is not None:
+                doc_scores[list_index] = score
+                ranks[doc_id][list_index] = rank
+    return [Fused(doc_id, total, tuple(scores[doc_id]), tuple(ranks[doc_id])) for doc_id, total in order]
 
 
 # --------------------------------------------------------------------------- #
@@ -245,6 +241,13 @@ def rrf(
         ValueError: for ``k < 0`` or non-finite ``k``, a weights/lists length
             mismatch, non-finite weights or scores, or ``limit < 0``.
     """
+    return _assemble(*_rrf_totals(lists, k, weights, limit), limit)
+
+
+def _rrf_totals(
+    lists: Sequence[Sequence[Ranked]], k: float, weights: Sequence[float] | None, limit: int | None
+) -> tuple[list[list[_Entry]], dict[str, float]]:
+    """The checked, de-duplicated lists and each document's RRF score (see :func:`rrf`)."""
     k = float(k)
     if not math.isfinite(k) or k < 0:
         raise ValueError(f"RRF k must be a finite number >= 0, got {k!r}")
@@ -258,7 +261,7 @@ def rrf(
         for doc_id, _score, rank in entries:
             contribution = 1.0 / (rank / weight + k) if weight > 0 else 0.0
             totals[doc_id] = totals.get(doc_id, 0.0) + contribution
-    return _assemble(prepared, totals, limit)
+    return prepared, totals
 
 
 # --------------------------------------------------------------------------- #
@@ -361,6 +364,13 @@ def linear(
         ValueError: for an unknown normalisation, a weights/lists length
             mismatch, non-finite weights or scores, or ``limit < 0``.
     """
+    return _assemble(*_linear_totals(lists, weights, normalization, limit), limit)
+
+
+def _linear_totals(
+    lists: Sequence[Sequence[Ranked]], weights: Sequence[float] | None, normalization: str, limit: int | None
+) -> tuple[list[list[_Entry]], dict[str, float]]:
+    """The checked, de-duplicated lists and each document's linear score (see :func:`linear`)."""
     normalizer = NORMALIZERS.get(normalization)
     if normalizer is None:
         raise ValueError(f"unknown normalization {normalization!r}; expected one of {sorted(NORMALIZERS)}")
@@ -376,7 +386,7 @@ def linear(
         normalised = normalizer([score for _id, score, _rank in entries])
         for (doc_id, _score, _rank), value in zip(entries, normalised, strict=True):
             totals[doc_id] = totals.get(doc_id, 0.0) + weight * value
-    return _assemble(prepared, totals, limit)
+    return prepared, totals
 
 
 def dbsf(
@@ -411,12 +421,38 @@ def fuse(
     Raises:
         ValueError: for an unknown method, or whatever the chosen method raises.
     """
+    return _assemble(*_totals(method, lists, k, weights, limit), limit)
+
+
+def fused_order(
+    method: FusionMethod,
+    lists: Sequence[Sequence[Ranked]],
+    *,
+    k: float = 60.0,
+    weights: Sequence[float] | None = None,
+    limit: int | None = None,
+) -> list[tuple[str, float]]:
+    """``(id, fused score)`` in the order :func:`fuse` returns, the same scores, without its per-list rows.
+
+    For callers that only rank (the searcher keeps each signal's scores and ranks itself):
+    building a :class:`Fused` per document was most of fusing a 300-document window.
+
+    Raises:
+        ValueError: as :func:`fuse`.
+    """
+    prepared, totals = _totals(method, lists, k, weights, limit)
+    return _order(prepared, totals, limit)
+
+
+def _totals(
+    method: str, lists: Sequence[Sequence[Ranked]], k: float, weights: Sequence[float] | None, limit: int | None
+) -> tuple[list[list[_Entry]], dict[str, float]]:
     if method == "rrf":
-        return rrf(lists, k=k, weights=weights, limit=limit)
-    if method == "linear":
-        return linear(lists, weights=weights, normalization="minmax", limit=limit)
-    if method == "zscore":
-        return linear(lists, weights=weights, normalization="zscore", limit=limit)
-    if method == "dbsf":
-        return dbsf(lists, weights=weights, limit=limit)
-    raise ValueError(f"unknown fusion method {method!r}; expected one of 'rrf', 'linear', 'dbsf', 'zscore'")
+        return _rrf_totals(lists, k, weights, limit)
+    normalization = _METHOD_NORMALIZATION.get(method)
+    if normalization is None:
+        raise ValueError(f"unknown fusion method {method!r}; expected one of 'rrf', 'linear', 'dbsf', 'zscore'")
+    return _linear_totals(lists, weights, normalization, limit)
+
+
+_METHOD_NORMALIZATION = {"linear": "minmax", "zscore": "zscore", "dbsf": "dbsf"}

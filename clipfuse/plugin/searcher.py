@@ -442,13 +442,12 @@ class HybridSearcher:
                     ranking.append((r.id, r.score))
             fused_by = "engine"
         else:
-            merged = fusion.fuse(
+            ranking = fusion.fused_order(
                 _NORMALISATION[request.fusion],  # type: ignore[arg-type]
                 lists,
                 k=request.rrf_k,
                 weights=weights,
             )
-            ranking = [(f.id, f.score) for f in merged]
             fused_by = "client"
         contributions = ranking_steps.signal_contributions(request.fusion, lists, weights=weights, k=request.rrf_k)
         signals: list[str] = [r.signal for r in query.retrievers]
