@@ -296,6 +296,28 @@ class BackendContract:
         response = searcher.search(SearchRequest(text="anything", filters=[condition], k=20), dense=unit(1))
         assert {h.id for h in response.hits} == expected
 
+    @pytest.mark.parametrize(
+        ("where", "expected"),
+        [
+            (
+                {"any": [{"field": "category", "value": "bags"}, {"field": "color", "value": "blue"}]},
+                {"bag-red", "tee-blue", "scarf-blue"},
+            ),
+            (
+                {"none": [{"all": [{"field": "category", "value": "shoes"}, {"field": "color", "value": "red"}]}]},
+                {"boot-black", "bag-red", "tee-blue", "scarf-blue"},
+            ),
+            (
+                {"any": [{"field": "price", "op": "gt", "value": 120}, {"field": "in_stock", "value": "false"}]},
+                {"boot-black", "sneaker-red", "scarf-blue"},
+            ),
+        ],
+    )
+    def test_filter_trees(self, searcher: HybridSearcher, where: dict[str, Any], expected: set[str]) -> None:
+        """Cross-field OR and NOT of a group (``where``; Algolia's ``filters``) on every engine."""
+        request = SearchRequest.model_validate({"text": "anything", "where": where, "k": 20})
+        assert {h.id for h in searcher.search(request, dense=unit(1)).hits} == expected
+
     def test_filter_values_are_coerced_to_the_field_type(self, searcher: HybridSearcher) -> None:
         from clipfuse.schemas import parse_filter
 
@@ -338,6 +360,55 @@ class BackendContract:
         assert (stats.count, stats.min, stats.max) == (len(prices), min(prices), max(prices))
         assert stats.sum == pytest.approx(sum(prices)) and stats.avg == pytest.approx(sum(prices) / len(prices))
         assert len(response.hits) == 2
+
+    @pytest.mark.parametrize(
+        ("text", "condition", "collapse"),
+        [
+            ("leather", None, False),
+            ("red wool", FilterCondition(field="in_stock", value=True), False),
+            ("leather", None, True),
+            (None, FilterCondition(field="category", value="shoes"), False),
+            ("zzzq", None, False),
+        ],
+    )
+    def test_facets_over_the_matches_equal_a_brute_force_count(
+        self, searcher: HybridSearcher, text: str | None, condition: FilterCondition | None, collapse: bool
+    ) -> None:
+        """``facet_scope: "matches"``: every document passing the filters and sharing a keyword with the
+        query, not only the fused window (k=1, one candidate per signal here); lists count once."""
+        names = ["category", "color", "sizes", "in_stock", "tags"]
+        fields: dict[str, Any] = {
+            "k": 1,
+            "candidates": 1,
+            "filters": [condition] if condition else [],
+            "facets": [*names, "price"],
+            "facet_scope": "matches",
+            "max_values_per_facet": 100,
+        }
+        if text is not None:
+            fields["text"] = text
+        else:  # an image query (its vector given): no keywords
+            fields["image"] = "https://shop.test/query.jpg"
+        if collapse:
+            fields["collapse"] = "group_id"
+        response = searcher.search(SearchRequest.model_validate(fields), dense=unit(1, 0.5))
+        words = set((text or "").split())
+        expected_ids = [d for d in passing(condition) if not words or words & set(BY_ID[d]["t"].split())]
+        expected = brute_force_facets(expected_ids, names, groups=collapse)
+        units = {BY_ID[d]["a"].get("group_id") or d for d in expected_ids} if collapse else set(expected_ids)
+        assert response.facet_scope == "matches"
+        assert response.facets_count == ("groups" if collapse else "documents")
+        assert response.total == Total(value=len(units), relation="eq")
+        assert response.facets == {name: dict(sorted(expected[name].items(), key=lambda kv: (-kv[1], kv[0])))
+                                   for name in names}  # fmt: skip
+        prices = [BY_ID[d]["a"]["price"] for d in expected_ids]
+        if prices:
+            stats = response.facets_stats["price"]
+            assert (stats.count, stats.min, stats.max) == (len(prices), min(prices), max(prices))
+            assert stats.sum == pytest.approx(sum(prices))
+        else:
+            assert "price" not in response.facets_stats
+        assert len(response.hits) <= 1
 
     def test_facet_values_are_capped_most_frequent_first(self, searcher: HybridSearcher) -> None:
         response = searcher.search(SearchRequest(text="x", facets=["color"], max_values_per_facet=2), dense=unit(1))

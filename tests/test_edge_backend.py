@@ -300,7 +300,8 @@ def test_same_top10_as_qdrant_client_local_mode(tmp_path: Path) -> None:
 
     dim = 16
     docs = _corpus(200, dim, seed=3)
-    edge = EdgeBackend(tmp_path / "edge", "products", exact=True)
+    # engine_fusion: Edge's own fusion (off by default: clipfuse fuses once) must equal Qdrant's too
+    edge = EdgeBackend(tmp_path / "edge", "products", exact=True, engine_fusion=True)
     local = QdrantBackend(QdrantClient(path=str(tmp_path / "local")), "products")
     try:
         for backend in (edge, local):
@@ -431,5 +432,18 @@ def test_searches_work_without_the_id_map(tmp_path: Path) -> None:
         backend.max_cached_ids = 0
         assert _ids(backend, SearchRequest(text="red leather", k=6), unit(1, 0.5)) == expected
         assert backend._doc_ids == {}
+    finally:
+        backend.close()
+
+
+def test_declared_capabilities(tmp_path: Path) -> None:
+    """Callers test capabilities with isinstance; Edge is embedded (no broker) yet serves threads."""
+    from clipfuse.plugin.protocol import Aliased, Embedded, Facetable, Fetchable, Scrollable, Warmable, is_embedded
+
+    backend = EdgeBackend(tmp_path, "products")
+    try:
+        for capability in (Aliased, Embedded, Facetable, Fetchable, Scrollable, Warmable):
+            assert isinstance(backend, capability), capability
+        assert is_embedded(backend) and backend.thread_safe
     finally:
         backend.close()

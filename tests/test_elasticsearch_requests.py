@@ -1041,3 +1041,90 @@ def test_rules_check_their_ids_and_pin_outside_the_window_through_mget(cluster: 
         assert searcher.rules.rules[0].id == "tote"
     finally:
         del SHOP["tote-red"]
+
+
+# -- facet_scope "matches": aggregations over the keyword matches -------------------------
+def test_facets_over_the_matches_are_one_aggregation_request(cluster: FakeCluster) -> None:
+    """The exact body (the BM25 signal's multi_match, the filters, terms / stats / group counts) and the
+    parsed counts: sorted by count then value, cut to max_values, groups = distinct values + loose docs."""
+    cluster.script += [(200, shop_mapping()), (200, shop_msearch())]
+    aggregations = {
+        "f0": {"buckets": [{"key": "red", "doc_count": 2, "groups": {"value": 1}, "loose": {"doc_count": 1}},
+                           {"key": "black", "doc_count": 1, "groups": {"value": 1}, "loose": {"doc_count": 0}},
+                           {"key": "blue", "doc_count": 2, "groups": {"value": 2}, "loose": {"doc_count": 0}}]},
+        "f1": {"count": 3, "min": 10.0, "max": 900.0, "avg": 320.0, "sum": 960.0},
+        "f2": {"buckets": [{"key": "39", "doc_count": 2, "groups": {"value": 1}, "loose": {"doc_count": 0}}]},
+        "groups": {"value": 2},
+        "loose": {"doc_count": 1},
+    }  # fmt: skip
+    cluster.script.append((200, {"hits": {"total": {"value": 5, "relation": "eq"}, "hits": []},
+                                 "aggregations": aggregations}))  # fmt: skip
+    searcher = HybridSearcher(backend_on(cluster))
+    request = SearchRequest(
+        text="red boots",
+        filters=[FilterCondition(field="popularity", op="gte", value=5)],
+        facets=["color", "popularity", "sizes"],
+        facet_scope="matches",
+        collapse="group_id",
+        max_values_per_facet=2,
+        k=2,
+    )
+    response = searcher.search(request, dense=QVEC)
+    body = cluster.calls[-1].body
+    assert cluster.calls[-1].path == f"/{INDEX}/_search"
+    groups = {
+        "groups": {"cardinality": {"field": "group_id", "precision_threshold": 40000}},
+        "loose": {"missing": {"field": "group_id"}},
+    }
+    assert body == {
+        "size": 0,
+        "track_total_hits": True,
+        "query": {
+            "bool": {
+                "must": [
+                    {"multi_match": {"query": "red boots", "fields": ["title^3", "caption^2", "description"],
+                                     "type": "best_fields"}}
+                ],
+                "filter": [{"range": {"popularity": {"gte": 5}}}],
+            }
+        },
+        "aggs": {
+            "f0": {"terms": {"field": "color", "size": 10000}, "aggs": groups},
+            "f1": {"stats": {"field": "popularity"}},
+            "f2": {"terms": {"field": "sizes", "size": 10000}, "aggs": groups},
+            **groups,
+        },
+    }  # fmt: skip
+    assert response.facet_scope == "matches" and response.facets_count == "groups"
+    assert response.facets == {"color": {"blue": 2, "red": 2}, "sizes": {"39": 1}}
+    assert response.total is not None and (response.total.value, response.total.relation) == (3, "eq")
+    stats = response.facets_stats["popularity"]
+    assert (stats.count, stats.min, stats.max, stats.sum) == (3, 10.0, 900.0, 960.0)
+
+
+def test_facets_over_the_matches_without_keywords_or_groups() -> None:
+    from clipfuse.plugin.elasticsearch import build_facet_search, parse_facet_search
+    from clipfuse.plugin.protocol import FacetQuery
+
+    query = FacetQuery(fields={"in_stock": "bool"}, filters=(FilterCondition(field="color", value="red"),))
+    body = build_facet_search(query)
+    assert body["query"] == {"bool": {"filter": [{"term": {"color": "red"}}]}}
+    assert body["aggs"] == {"f0": {"terms": {"field": "in_stock", "size": 10000}}}
+    assert build_facet_search(FacetQuery(fields={"in_stock": "bool"}))["query"] == {"match_all": {}}
+    answer = {
+        "hits": {"total": {"value": 4, "relation": "eq"}},
+        "aggregations": {"f0": {"buckets": [{"key": 1, "key_as_string": "true", "doc_count": 3},
+                                            {"key": 0, "key_as_string": "false", "doc_count": 1}]}},
+    }  # fmt: skip
+    counts = parse_facet_search(answer, query)
+    assert counts.facets == {"in_stock": {"true": 3, "false": 1}} and counts.total == 4 and counts.stats == {}
+
+
+def test_declared_capabilities(cluster: FakeCluster) -> None:
+    from clipfuse.plugin.protocol import Aliased, Facetable, Fetchable, Scrollable, Warmable, is_embedded
+
+    backend = backend_on(cluster)
+    for capability in (Aliased, Facetable, Fetchable, Scrollable):
+        assert isinstance(backend, capability), capability
+    assert not isinstance(backend, Warmable) and not is_embedded(backend)
+    assert cluster.calls == []  # construction and the checks do no I/O

@@ -74,3 +74,17 @@ def test_unreachable_server_is_retryable() -> None:
     backend = QdrantBackend(QdrantClient(url="http://127.0.0.1:9", timeout=2, check_compatibility=False), "nothing")
     with pytest.raises(BackendUnavailable, match="cannot reach Qdrant"):
         backend.count()
+
+
+def test_declared_capabilities(qdrant_client: Any, collection_name: str) -> None:
+    """Local mode is embedded and serialised; a server is neither. Qdrant needs no id map (not Warmable)."""
+    import os
+
+    from clipfuse.plugin.protocol import Aliased, Embedded, Facetable, Fetchable, Scrollable, Warmable, is_embedded
+
+    backend = QdrantBackend(qdrant_client, collection_name)
+    for capability in (Aliased, Embedded, Facetable, Fetchable, Scrollable):
+        assert isinstance(backend, capability), capability
+    assert not isinstance(backend, Warmable)
+    local = not os.environ.get("QDRANT_URL")
+    assert is_embedded(backend) is local and backend.thread_safe is not local

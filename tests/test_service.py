@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from clipfuse.errors import BackendUnavailable, ConfigurationError, InvalidQuery
 from clipfuse.images import ImageLoader
 from clipfuse.ingest.pipeline import Indexer
+from clipfuse.plugin import HybridSearcher
 from clipfuse.plugin.protocol import IndexInfo
 from clipfuse.plugin.qdrant import QdrantBackend
 from clipfuse.schemas import SearchResponse
@@ -611,6 +612,23 @@ def test_healthz_checks_the_broker_by_default_only_against_an_engine_server(
     with TestClient(create_app(settings, searcher=server)) as other:
         response = other.get("/healthz")
     assert response.status_code == 503 and response.json()["checks"]["broker"]["ok"] is False
+
+
+def test_healthz_on_the_default_embedded_store_checks_no_broker(tmp_path: Path, store: Path, catalog_dir: Path) -> None:
+    """Qdrant Edge (the default store) declares itself embedded: nothing but this process writes to it."""
+    from clipfuse.plugin.edge import EdgeBackend
+
+    edge = EdgeBackend(tmp_path / "edge", "products")
+    settings = _settings(store, catalog_dir, check_broker=None, health_timeout_s=1.0)
+    settings = settings.model_copy(
+        update={"broker": settings.broker.model_copy(update={"url": f"redis://127.0.0.1:{_closed_port()}/0"})}
+    )
+    try:
+        with TestClient(create_app(settings, searcher=HybridSearcher(edge))) as other:
+            checks = other.get("/healthz").json()["checks"]
+        assert "broker" not in checks and checks["backend"]["detail"]["engine"] == "qdrant-edge"
+    finally:
+        edge.close()
 
 
 @pytest.mark.integration

@@ -27,15 +27,16 @@ it after a bulk index (``clipfuse index``) or explicitly (``clipfuse optimize``)
 never while serving. Searches before it are correct, only slower on big stores.
 
 Hybrid search runs one ``query_batch``: one request per signal (each signal's
-candidates and raw scores) plus, when Edge can fuse the request itself (RRF with
-an integer constant, or unweighted DBSF: the same rules as
-:func:`clipfuse.plugin.qdrant.native_fusion`), the fused query with the signals as
-prefetches. Reading payloads is most of a query's cost, so the per-signal requests
-return none: the backend keeps a map point id -> document id (uuid5 cannot be
-inverted; an entry never goes stale), filled by upserts, by the hits it reads and, for
-a long-lived service, by :meth:`EdgeBackend.warm_ids`. Only the hits' payloads are
-read: from the fused request, or, when clipfuse fuses, for the top ``limit`` of the
-same fusion the searcher will compute.
+candidates and raw scores), translated by the neutral dialect
+(:mod:`clipfuse.plugin.qdrant_dialect`) that Qdrant uses too. Fusion happens once, in
+:class:`~clipfuse.plugin.HybridSearcher`: the backend never fuses, and by default it does
+not ask Edge to fuse either (``engine_fusion=True`` adds Edge's own fused request, which
+re-runs each signal as a prefetch: measured slower, see :class:`EdgeBackend`). Reading
+payloads is most of a query's cost, so the per-signal requests return only the fields the
+searcher ranks the window with (``HybridQuery.window_fields``), or none: the backend keeps
+a map point id -> document id (uuid5 cannot be inverted; an entry never goes stale),
+filled by upserts, by the hits it reads and, for a long-lived service, by
+:meth:`EdgeBackend.warm_ids`. The searcher reads the page's payloads afterwards.
 """
 
 from __future__ import annotations
@@ -58,19 +59,41 @@ import numpy as np
 import qdrant_edge as qe
 
 from clipfuse.errors import BackendError, ConfigurationError, StoreLocked
-from clipfuse.plugin.filters import unsupported_tree
-from clipfuse.plugin.fusion import Ranked, fuse, qdrant_rrf_k
+from clipfuse.plugin.bm25 import SparseVector
+from clipfuse.plugin.facets import FieldValues, count_payloads, field_values_from_payloads
+from clipfuse.plugin.fusion import Ranked
 from clipfuse.plugin.protocol import (
     POINT_NAMESPACE,
     AliasRecord,
     BackendResult,
+    FacetCounts,
+    FacetQuery,
     HybridQuery,
     IndexedDocument,
     IndexInfo,
-    Retriever,
     point_id,
 )
-from clipfuse.schemas import FieldType, FilterCondition
+from clipfuse.plugin.qdrant_dialect import (
+    BM25,
+    IMAGE,
+    TEXT,
+    Condition,
+    FusionPlan,
+    MatchAny,
+    Node,
+    Range,
+    SignalSearch,
+    filter_node,
+    native_fusion,
+    new_fields,
+    payload_index_type,
+    plan_matches,
+    plan_search,
+    point_payload,
+    point_vectors,
+    shape_failures,
+)
+from clipfuse.schemas import FieldType, FilterCondition, FilterGroup
 
 try:  # POSIX advisory locks; elsewhere Edge's own WAL lock still refuses a second opener
     import fcntl
@@ -81,12 +104,10 @@ __all__ = ["EdgeBackend", "build_edge_filter", "build_edge_requests", "edge_nati
 
 log = logging.getLogger(__name__)
 
-IMAGE, TEXT, BM25 = "image", "text", "bm25"
 _SCHEMA_VERSION = 1
-_USING = {"image": IMAGE, "text": TEXT, "bm25": BM25}
 _PAYLOAD_INDEX = {
     "keyword": qe.PayloadSchemaType.Keyword,
-    "number": qe.PayloadSchemaType.Float,
+    "float": qe.PayloadSchemaType.Float,
     "bool": qe.PayloadSchemaType.Bool,
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -110,79 +131,66 @@ def _errors(action: str) -> Iterator[None]:
         raise BackendError(f"Qdrant Edge failed while {action}: {e}") from e
 
 
-# --------------------------------------------------------------------------- filters
-def _value_condition(key: str, value: Any) -> Any:
-    """One ``field == value`` condition, typed by the (already coerced) value."""
-    if isinstance(value, bool):
+# --------------------------------------------------------------------------- emitter
+# The neutral dialect (clipfuse.plugin.qdrant_dialect) in qdrant_edge types.
+def _emit(c: Condition) -> Any:
+    if isinstance(c, Node):
+        return emit_filter(c)
+    if isinstance(c, Range):
+        return qe.FieldCondition(key=c.key, range=qe.RangeFloat(lt=c.lt, lte=c.lte, gt=c.gt, gte=c.gte))
+    if isinstance(c, MatchAny):
+        return qe.FieldCondition(key=c.key, match=qe.MatchAny(list(c.values)))
+    if isinstance(c.value, bool):
         # qdrant-edge-py 0.9 reads a Python bool as an int (bool subclasses int), so MatchValue(False)
         # would look for the integer 0 and match nothing; a numpy bool is read as a bool.
-        return qe.FieldCondition(key=key, match=qe.MatchValue(np.bool_(value)))  # type: ignore[arg-type]
-    if isinstance(value, (int, float)):  # numbers are stored and indexed as floats: compare as a range
-        v = float(value)
-        return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=v, lte=v))
-    return qe.FieldCondition(key=key, match=qe.MatchValue(str(value)))
+        return qe.FieldCondition(key=c.key, match=qe.MatchValue(np.bool_(c.value)))  # type: ignore[arg-type]
+    return qe.FieldCondition(key=c.key, match=qe.MatchValue(c.value))
 
 
-def _condition(c: FilterCondition) -> tuple[list[Any], list[Any]]:
-    """(must, must_not) conditions for one checked filter."""
-    key = c.field
-    if c.op in ("lt", "lte", "gt", "gte"):
-        return [qe.FieldCondition(key=key, range=qe.RangeFloat(**{c.op: float(c.value)}))], []  # type: ignore[arg-type]
-    if c.op in ("in", "nin"):
-        values = list(c.value) if isinstance(c.value, list) else [c.value]
-        if all(isinstance(v, str) for v in values):
-            cond: Any = qe.FieldCondition(key=key, match=qe.MatchAny([str(v) for v in values]))
-        else:
-            cond = qe.Filter(should=[_value_condition(key, v) for v in values])
-        return ([cond], []) if c.op == "in" else ([], [cond])
-    single = _value_condition(key, c.value)
-    return ([single], []) if c.op == "eq" else ([], [single])
+def emit_filter(node: Node) -> qe.Filter:
+    """A neutral filter node as a ``qdrant_edge.Filter``."""
+    return qe.Filter(
+        must=[_emit(c) for c in node.must] or None,
+        should=[_emit(c) for c in node.should] or None,
+        must_not=[_emit(c) for c in node.must_not] or None,
+    )
 
 
-def build_edge_filter(filters: Sequence[FilterCondition]) -> qe.Filter | None:
-    """Translate checked filters (see :func:`clipfuse.plugin.filters.resolve_filters`) to an Edge filter.
-
-    Values are typed match values or ranges, never query syntax. A list-valued
-    attribute matches when any of its items does (Qdrant semantics).
-    """
-    if not filters:
-        return None
-    must: list[Any] = []
-    must_not: list[Any] = []
-    for condition in filters:
-        m, n = _condition(condition)
-        must.extend(m)
-        must_not.extend(n)
-    return qe.Filter(must=must or None, must_not=must_not or None)
+def build_edge_filter(filters: Sequence[FilterCondition], where: FilterGroup | None = None) -> qe.Filter | None:
+    """Checked filters (see :func:`clipfuse.plugin.filters.resolve_filters`) and a filter tree as an Edge
+    filter (semantics: :mod:`clipfuse.plugin.qdrant_dialect`). None: no filter."""
+    node = filter_node(filters, where)
+    return emit_filter(node) if node is not None else None
 
 
-# --------------------------------------------------------------------------- queries
-def _query_vector(r: Retriever) -> Any:
-    if r.signal == "bm25":
-        if r.sparse is None:
-            raise BackendError("the bm25 retriever needs a sparse vector for Qdrant Edge")
-        return qe.Query.Nearest(qe.SparseVector(list(r.sparse.indices), list(r.sparse.values)), using=BM25)
-    if r.dense is None:
-        raise BackendError(f"the {r.signal} retriever needs a dense vector")
-    return qe.Query.Nearest([float(x) for x in r.dense], using=_USING[r.signal])
+def _query_vector(search: SignalSearch) -> Any:
+    if search.sparse is not None:
+        vector: Any = qe.SparseVector(list(search.sparse.indices), list(search.sparse.values))
+    else:
+        vector = list(search.dense or ())
+    return qe.Query.Nearest(vector, using=search.using)
+
+
+def _fusion(plan: FusionPlan) -> Any:
+    if plan.method == "rrf":
+        assert plan.k is not None, "an RRF plan carries its constant"
+        return qe.Fusion.Rrf(k=plan.k, weights=list(plan.weights) if plan.weights is not None else None)
+    return qe.Fusion.Dbsf()
 
 
 def edge_native_fusion(query: HybridQuery) -> Any | None:
-    """The fusion Edge runs itself for this request, or None (then clipfuse fuses client-side).
+    """The fusion Edge runs itself for this request (see :func:`clipfuse.plugin.qdrant_dialect.native_fusion`),
+    or None (then clipfuse fuses client-side)."""
+    plan = native_fusion(query)
+    return _fusion(plan) if plan is not None else None
 
-    Same rules as :func:`clipfuse.plugin.qdrant.native_fusion`: RRF when ``k`` is a
-    whole number (Edge's constant is ``k + 1``, see :func:`qdrant_rrf_k`), with
-    weights unless they are all 1; DBSF only unweighted.
-    """
-    if len(query.retrievers) < 2:
+
+def _signal_payload(query: HybridQuery, engine_fused: bool) -> tuple[str, ...] | None:
+    """The payload fields each signal's request returns: the window's fields when clipfuse fuses and
+    needs them (one batch, no second read), else none (document ids come from the id map)."""
+    if engine_fused or not query.window_fields:
         return None
-    weights = [float(r.weight) for r in query.retrievers]
-    if query.fusion == "rrf" and float(query.rrf_k).is_integer():
-        uniform = all(w == weights[0] for w in weights)
-        return qe.Fusion.Rrf(k=qdrant_rrf_k(query.rrf_k), weights=None if uniform and weights[0] == 1.0 else weights)
-    if query.fusion == "dbsf" and all(w == 1.0 for w in weights):
-        return qe.Fusion.Dbsf()
-    return None
+    return query.window_fields
 
 
 def build_edge_requests(
@@ -191,28 +199,32 @@ def build_edge_requests(
     """The batch for one hybrid query; second item: whether the last request is Edge-fused.
 
     Per-signal requests carry no payload (reading payloads is most of a query's cost: the
-    backend maps point ids back to document ids itself); the fused request carries the
-    payloads of the hits (with ``window_fields``: only those fields and ``doc_id``, for the
-    whole window; the searcher reads the page's full payloads afterwards).
+    backend maps point ids back to document ids itself), except the window's fields when
+    clipfuse fuses; the fused request carries the payloads of the hits (with
+    ``window_fields``: only those fields and ``doc_id``, for the whole window; the searcher
+    reads the page's full payloads afterwards).
     """
-    if query.where is not None:
-        raise unsupported_tree("Qdrant Edge")
-    flt = build_edge_filter(query.filters)
+    plan = plan_search(query, engine_fusion=engine_fusion)
+    flt = emit_filter(plan.filter) if plan.filter is not None else None
+    fields = _signal_payload(query, plan.fusion is not None)
+    signal_payload: Any = False if fields is None else qe.PayloadSelector.Include(["doc_id", *fields])  # type: ignore[call-arg]
     requests = [
-        qe.QueryRequest(limit=query.candidates, query=_query_vector(r), filter=flt, params=params, with_payload=False)
-        for r in query.retrievers
+        qe.QueryRequest(
+            limit=plan.candidates, query=_query_vector(s), filter=flt, params=params, with_payload=signal_payload
+        )
+        for s in plan.signals
     ]
-    fusion = edge_native_fusion(query) if engine_fusion else None
-    if fusion is not None:
+    if plan.fusion is not None:
         prefetches = [
-            qe.Prefetch(limit=query.candidates, query=_query_vector(r), filter=flt, params=params)
-            for r in query.retrievers
+            qe.Prefetch(limit=plan.candidates, query=_query_vector(s), filter=flt, params=params) for s in plan.signals
         ]
         payload: Any = True
-        if query.window_fields is not None:
-            payload = qe.PayloadSelector.Include(["doc_id", *query.window_fields])  # type: ignore[call-arg]
-        requests.append(qe.QueryRequest(limit=query.limit, query=fusion, prefetches=prefetches, with_payload=payload))
-    return requests, fusion is not None
+        if plan.window_fields is not None:
+            payload = qe.PayloadSelector.Include(["doc_id", *plan.window_fields])  # type: ignore[call-arg]
+        requests.append(
+            qe.QueryRequest(limit=plan.limit, query=_fusion(plan.fusion), prefetches=prefetches, with_payload=payload)
+        )
+    return requests, plan.fusion is not None
 
 
 # --------------------------------------------------------------------------- backend
@@ -229,12 +241,20 @@ class EdgeBackend:
     the 2-core benchmark machine a 12k-point filter took 2 ms as a scan and 0.4 ms
     through the graph, at the same Recall@10 (docs/benchmarks.md). Per search:
     ``ef`` (HNSW beam width; 64 gave Recall@10 >= 0.999 on the demo embeddings) and
-    ``exact`` (brute force even where a graph exists). ``engine_fusion=False`` makes
-    clipfuse fuse every query client-side (the same formulas; slower in the benchmark).
+    ``exact`` (brute force even where a graph exists). ``engine_fusion=True`` also asks Edge
+    to fuse (RRF with a whole-number k, unweighted DBSF), which re-runs every signal's search
+    as a prefetch of the fused request; clipfuse's own fusion of the per-signal lists gives the
+    same ranking (the contract suite checks it) and was faster on 20k documents, interleaved on
+    one store: p50 13.3 vs 18.5 ms for a plain hybrid query, 28.7 vs 36.2 ms with facets,
+    collapse and boosts (2 shared cores, ``scripts/bench_edge_fusion.py``). Default off.
     """
 
     name = "qdrant-edge"
     lexical: Literal["sparse", "native"] = "sparse"
+    #: the engine runs in this process (capability :class:`~clipfuse.plugin.protocol.Embedded`)
+    embedded = True
+    #: Edge's Rust shard serves concurrent searches (opening / closing is guarded by ``_mutex``)
+    thread_safe = True
 
     def __init__(
         self,
@@ -248,7 +268,7 @@ class EdgeBackend:
         full_scan_threshold_kb: int = 1_000,
         indexing_threshold_kb: int | None = None,
         upsert_batch: int = 512,
-        engine_fusion: bool = True,
+        engine_fusion: bool = False,
     ) -> None:
         if not _NAME_RE.match(collection) or len(collection) > 200:
             raise ConfigurationError(
@@ -471,15 +491,14 @@ class EdgeBackend:
         info = self._info or self.index_info()
         if info is None:
             raise ConfigurationError(f"collection {self.collection!r} does not exist; index documents first")
-        new = {k: v for k, v in fields.items() if k not in info.fields}
+        new, merged = new_fields(info, fields)
         if not new:
             return
         shard = self._require()
         assert shard is not None
         with _errors(f"registering fields of {self.collection!r}"):
             for name, kind in new.items():
-                shard.update(qe.UpdateOperation.create_field_index(name, _PAYLOAD_INDEX[kind]))
-        merged = IndexInfo(dim=info.dim, model=info.model, fields={**info.fields, **new})
+                shard.update(qe.UpdateOperation.create_field_index(name, _PAYLOAD_INDEX[payload_index_type(kind)]))
         self._write_meta(merged)
         self._info = merged
 
@@ -487,14 +506,11 @@ class EdgeBackend:
     def _point(self, doc: IndexedDocument) -> qe.Point:
         pid = uuid.uuid5(POINT_NAMESPACE, doc.id)  # == point_id(doc.id)
         self._remember(pid, doc.id)
-        vector: dict[str, Any] = {}
-        if doc.image_vector is not None:
-            vector[IMAGE] = doc.image_vector.astype("float32").tolist()
-        if doc.text_vector is not None:
-            vector[TEXT] = doc.text_vector.astype("float32").tolist()
-        if doc.sparse is not None and len(doc.sparse):
-            vector[BM25] = qe.SparseVector(list(doc.sparse.indices), list(doc.sparse.values))
-        return qe.Point(str(pid), vector, {**doc.payload, "doc_id": doc.id})
+        vector: dict[str, Any] = {
+            name: qe.SparseVector(list(v.indices), list(v.values)) if isinstance(v, SparseVector) else v
+            for name, v in point_vectors(doc).items()
+        }
+        return qe.Point(str(pid), vector, point_payload(doc))
 
     def upsert(self, documents: Sequence[IndexedDocument]) -> dict[str, str]:
         info = self._info or self.index_info()
@@ -502,16 +518,8 @@ class EdgeBackend:
             raise ConfigurationError(f"collection {self.collection!r} does not exist; call ensure_schema first")
         shard = self._require()
         assert shard is not None
-        failures: dict[str, str] = {}
-        points = []
-        for doc in documents:
-            for name, vec in ((IMAGE, doc.image_vector), (TEXT, doc.text_vector)):
-                if vec is not None and vec.shape != (info.dim,):
-                    failures[doc.id] = (
-                        f"{name} vector has shape {tuple(vec.shape)}, the collection expects ({info.dim},)"
-                    )
-            if doc.id not in failures:
-                points.append(self._point(doc))
+        failures = shape_failures(documents, info.dim)
+        points = [self._point(doc) for doc in documents if doc.id not in failures]
         for start in range(0, len(points), self.upsert_batch):
             chunk = points[start : start + self.upsert_batch]
             with _errors(f"upserting {len(chunk)} points into {self.collection!r}"):
@@ -622,7 +630,53 @@ class EdgeBackend:
                 break
         return out
 
+    def field_values(self, fields: Mapping[str, FieldType], *, sample: int, max_values: int) -> FieldValues:
+        """A sample of ``sample`` documents' values (capability :class:`~clipfuse.plugin.protocol.Facetable`)."""
+        return field_values_from_payloads(self.sample_payloads(list(fields), sample), fields, max_values)
+
+    def count_facets(self, query: FacetQuery) -> FacetCounts:
+        """Exact counts over the matches (capability :class:`~clipfuse.plugin.protocol.Facetable`): their
+        payloads read with one filtered scroll, or one sparse BM25 query as long as the filtered count."""
+        scan = plan_matches(query)
+        shard = self._require()
+        payloads: list[Mapping[str, Any]] = []
+        if shard is not None and not scan.empty:
+            flt = emit_filter(scan.filter) if scan.filter is not None else None
+            selector: Any = qe.PayloadSelector.Include(list(scan.fields)) if scan.fields else False  # type: ignore[call-arg]
+            if scan.sparse is not None:
+                with _errors(f"counting the matches in {self.collection!r}"):
+                    passing = int(shard.count(qe.CountRequest(exact=True, filter=flt)))
+                    if passing:
+                        vector = qe.SparseVector(list(scan.sparse.indices), list(scan.sparse.values))
+                        request = qe.QueryRequest(
+                            limit=passing,
+                            query=qe.Query.Nearest(vector, using=scan.using),
+                            filter=flt,
+                            with_payload=selector,
+                        )
+                        payloads = [dict(p.payload or {}) for p in shard.query(request) if p.score > 0]
+            else:
+                offset: Any = None
+                while True:
+                    with _errors(f"reading the matches in {self.collection!r}"):
+                        records, offset = shard.scroll(
+                            qe.ScrollRequest(
+                                offset=offset, limit=4096, filter=flt, with_payload=selector, with_vector=False
+                            )
+                        )
+                    payloads.extend(dict(r.payload or {}) for r in records)
+                    if offset is None or not records:
+                        break
+        facets, stats, total = count_payloads(
+            payloads, query.fields, max_values=query.max_values, group_by=query.group_by
+        )
+        return FacetCounts(facets=facets, stats=stats, total=total)
+
     def search(self, query: HybridQuery) -> BackendResult:
+        """One ``query_batch``; the hits' document ids from the id map (or read once), and payloads only
+        where the batch carries them: the window's fields (``query.window_fields``) or, engine-fused
+        without them, the fused hits' whole payloads. Never fuses itself: that is the searcher's one
+        fusion (or the engine's); the searcher reads the page's payloads afterwards."""
         shard = self._require()
         if shard is None:
             return BackendResult(lists=[[] for _ in query.retrievers], fused=None)
@@ -638,33 +692,28 @@ class EdgeBackend:
                 doc_id = str(payload.pop("doc_id", p.id))
                 payloads[doc_id] = payload
                 fused.append(Ranked(doc_id, float(p.score)))
-        # (point id, score) per signal; ScoredPoint.id builds a new uuid.UUID on every access: read it once
-        hits = [[(p.id, p.score) for p in response] for response in responses]
         known: dict[Any, str] = self._doc_ids
-        unknown = {pid for signal in hits for pid, _ in signal if pid not in known}
-        learned = self._learn_doc_ids(shard, unknown) if unknown else {}
-        lists = [
-            [Ranked(name, float(score)) for pid, score in signal if (name := known.get(pid) or learned.get(pid))]
-            for signal in hits
-        ]
-        if query.window_fields is not None:
-            # the searcher ranks the whole window: the window's fields for every candidate
-            missing = {r.id for ranked in lists for r in ranked if r.id not in payloads}
-            if missing and query.window_fields:
-                payloads.update(self.fetch(sorted(missing), query.window_fields))
-            return BackendResult(lists=lists, fused=fused, payloads=payloads, complete_payloads=False)
-        if fused is None:
-            # clipfuse fuses client-side: read the payloads of the hits it will show, found by the same fusion
-            try:
-                top = fuse(
-                    query.fusion, lists, k=query.rrf_k, weights=[r.weight for r in query.retrievers], limit=query.limit
-                )
-                wanted = {f.id for f in top}
-            except ValueError:
-                wanted = {r.id for ranked in lists for r in ranked}
-            if wanted:
-                payloads.update(self.fetch(sorted(wanted)))
-        return BackendResult(lists=lists, fused=fused, payloads=payloads)
+        if _signal_payload(query, fused_by_engine) is not None:  # the window's fields came with each signal
+            lists = []
+            for response in responses:
+                ranked = []
+                for p in response:
+                    payload = dict(p.payload or {})
+                    doc_id = str(payload.pop("doc_id", p.id))
+                    payloads.setdefault(doc_id, payload)
+                    ranked.append(Ranked(doc_id, float(p.score)))
+                lists.append(ranked)
+        else:
+            # (point id, score) per signal; ScoredPoint.id builds a new uuid.UUID on every access: read it once
+            hits = [[(p.id, p.score) for p in response] for response in responses]
+            unknown = {pid for signal in hits for pid, _ in signal if pid not in known}
+            learned = self._learn_doc_ids(shard, unknown) if unknown else {}
+            lists = [
+                [Ranked(name, float(score)) for pid, score in signal if (name := known.get(pid) or learned.get(pid))]
+                for signal in hits
+            ]
+        complete = fused_by_engine and query.window_fields is None
+        return BackendResult(lists=lists, fused=fused, payloads=payloads, complete_payloads=complete)
 
     def fetch(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         """Payloads by document id (``fields``: only those keys); ids not in the store are left out."""

@@ -49,9 +49,20 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError, InvalidQuery
+from clipfuse.plugin.facets import FacetField, FacetValue, FieldValues
 from clipfuse.plugin.fusion import Ranked
-from clipfuse.plugin.protocol import AliasRecord, BackendResult, HybridQuery, IndexedDocument, IndexInfo, Retriever
+from clipfuse.plugin.protocol import (
+    AliasRecord,
+    BackendResult,
+    FacetCounts,
+    FacetQuery,
+    HybridQuery,
+    IndexedDocument,
+    IndexInfo,
+    Retriever,
+)
 from clipfuse.schemas import FieldType, FilterCondition, FilterExpr, FilterGroup
+from clipfuse.schemas.search import FacetStats
 
 __all__ = [
     "BM25_FIELDS",
@@ -63,6 +74,7 @@ __all__ = [
     "build_alias_actions",
     "build_bulk_actions",
     "build_bulk_delete_actions",
+    "build_facet_search",
     "build_filter",
     "build_filter_tree",
     "build_index_body",
@@ -362,6 +374,122 @@ def build_filter_tree(tree: FilterGroup) -> dict[str, Any]:
     if tree.none:
         node["must_not"] = [_expr_clause(e) for e in tree.none]
     return {"bool": node}
+
+
+def build_field_values_aggs(fields: Mapping[str, FieldType], *, max_values: int) -> dict[str, Any]:
+    """The ``aggs`` of :meth:`ElasticsearchBackend.field_values`: ``f<i>`` terms, ``f<i>_min`` / ``f<i>_max``."""
+    aggs: dict[str, Any] = {}
+    for i, (name, kind) in enumerate(sorted(fields.items())):
+        if kind == "number":
+            aggs[f"f{i}_min"] = {"min": {"field": name}}
+            aggs[f"f{i}_max"] = {"max": {"field": name}}
+        else:
+            aggs[f"f{i}"] = {"terms": {"field": name, "size": max_values}}
+    return aggs
+
+
+def _bucket_key(bucket: Mapping[str, Any], kind: FieldType) -> Any:
+    if kind == "bool":
+        return bucket.get("key_as_string", bucket["key"]) in (True, 1, "true")
+    return bucket["key"]
+
+
+def parse_field_values(results: Mapping[str, Any], fields: Mapping[str, FieldType]) -> list[FacetField]:
+    """The answer to :func:`build_field_values_aggs` as facet fields."""
+    out = []
+    for i, (name, kind) in enumerate(sorted(fields.items())):
+        if kind == "number":
+            lo, hi = results[f"f{i}_min"].get("value"), results[f"f{i}_max"].get("value")
+            out.append(FacetField(name=name, type=kind, min=lo, max=hi))
+        else:
+            values = [
+                FacetValue(value=_bucket_key(b, kind), count=int(b["doc_count"])) for b in results[f"f{i}"]["buckets"]
+            ]
+            out.append(FacetField(name=name, type=kind, values=values))
+    return out
+
+
+#: buckets asked per facet field: every value (then sorted and cut here, so counts and order are exact)
+FACET_BUCKETS = 10_000
+#: counting groups: distinct group values are exact below this (Elasticsearch's ``cardinality`` precision)
+GROUP_PRECISION = 40_000
+
+
+def _match_query(text: str | None, flt: list[dict[str, Any]]) -> dict[str, Any]:
+    boolean: dict[str, Any] = {}
+    if text is not None and text.strip():
+        boolean["must"] = [{"multi_match": {"query": text, "fields": list(BM25_FIELDS), "type": "best_fields"}}]
+    if flt:
+        boolean["filter"] = flt
+    return {"bool": boolean} if boolean else {"match_all": {}}
+
+
+def _groups_aggs(group_by: str) -> dict[str, Any]:
+    """How many groups a bucket holds: distinct group values plus the documents without one."""
+    return {
+        "groups": {"cardinality": {"field": group_by, "precision_threshold": GROUP_PRECISION}},
+        "loose": {"missing": {"field": group_by}},
+    }
+
+
+def build_facet_search(query: FacetQuery) -> dict[str, Any]:
+    """The ``_search`` body of :meth:`ElasticsearchBackend.count_facets`: the matches (the query's
+    keywords as the BM25 signal's ``multi_match``, the filters) with ``size: 0``, an exact total, and
+    one aggregation per field: ``f<i>`` ``terms`` (every value; with ``group_by``, groups per value)
+    or ``stats``; with ``group_by``, the set's groups too."""
+    aggs: dict[str, Any] = {}
+    for i, (name, kind) in enumerate(sorted(query.fields.items())):
+        if kind == "number":
+            aggs[f"f{i}"] = {"stats": {"field": name}}
+        else:
+            terms: dict[str, Any] = {"terms": {"field": name, "size": FACET_BUCKETS}}
+            if query.group_by is not None:
+                terms["aggs"] = _groups_aggs(query.group_by)
+            aggs[f"f{i}"] = terms
+    if query.group_by is not None:
+        aggs.update(_groups_aggs(query.group_by))
+    return {
+        "size": 0,
+        "track_total_hits": True,
+        "query": _match_query(query.text, build_filter(query.filters, query.where)),
+        "aggs": aggs,
+    }
+
+
+def parse_facet_search(response: Mapping[str, Any], query: FacetQuery) -> FacetCounts:
+    """The answer to :func:`build_facet_search` as facet counts (sorted by count, then value; cut)."""
+    results = response.get("aggregations") or {}
+
+    def units(bucket: Mapping[str, Any]) -> int:
+        if query.group_by is None:
+            return int(bucket["doc_count"])
+        return int(bucket["groups"]["value"]) + int(bucket["loose"]["doc_count"])
+
+    facets: dict[str, dict[str, int]] = {}
+    stats: dict[str, FacetStats] = {}
+    for i, (name, kind) in enumerate(sorted(query.fields.items())):
+        result = results[f"f{i}"]
+        if kind == "number":
+            if int(result.get("count") or 0):
+                stats[name] = FacetStats(
+                    count=int(result["count"]),
+                    min=float(result["min"]),
+                    max=float(result["max"]),
+                    avg=float(result["avg"]),
+                    sum=float(result["sum"]),
+                )
+            continue
+        counts: dict[str, int] = {}
+        for bucket in result["buckets"]:
+            key = bucket.get("key_as_string", bucket["key"]) if kind == "bool" else bucket["key"]
+            counts[str(key).lower() if kind == "bool" else str(key)] = units(bucket)
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: query.max_values]
+        facets[name] = dict(ordered)
+    if query.group_by is not None:
+        total = units(results)
+    else:
+        total = int(((response.get("hits") or {}).get("total") or {}).get("value") or 0)
+    return FacetCounts(facets=facets, stats=stats, total=total)
 
 
 def _window(query: HybridQuery) -> int:
@@ -1182,6 +1310,27 @@ class ElasticsearchBackend:
                 source.pop(key, None)
             out[str(doc["_id"])] = source
         return out
+
+    # -- facets (capability Facetable) ---------------------------------------------------
+    def field_values(self, fields: Mapping[str, FieldType], *, sample: int, max_values: int) -> FieldValues:
+        """One aggregation request (``terms`` per keyword / bool field, ``min`` / ``max`` per number field);
+        the types only when the cluster refuses it (an old cluster, a mapping clipfuse did not make)."""
+        body = build_field_values_aggs(fields, max_values=max_values)
+        try:
+            with _errors(f"aggregating the field values of {self.index!r}"):
+                response = self.client.search(index=self.index, size=0, aggs=body, track_total_hits=False)
+            return FieldValues(parse_field_values(response["aggregations"], fields), "engine")
+        except BackendUnavailable:
+            raise
+        except (BackendError, KeyError, TypeError) as e:
+            log.warning("facet aggregation on Elasticsearch failed: %s", e)
+            return FieldValues.types_only(fields)
+
+    def count_facets(self, query: FacetQuery) -> FacetCounts:
+        """Exact counts over the matches: one ``_search`` with aggregations (:func:`build_facet_search`)."""
+        with _errors(f"counting facets of {self.index!r}"):
+            response = self.client.search(index=self.index, body=build_facet_search(query))
+        return parse_facet_search(response.body, query)
 
     # -- aliases (capability Aliased) -------------------------------------------------------
     def _meta_of(self, index: str) -> dict[str, Any]:

@@ -9,13 +9,13 @@ user-given is ever pasted into a query string.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clipfuse.errors import InvalidQuery
 from clipfuse.schemas import AttributeValue, FieldType, FilterCondition, FilterExpr, FilterGroup, Scalar
 
-__all__ = ["field_type_of", "infer_field_types", "resolve_filter_tree", "resolve_filters", "unsupported_tree"]
+__all__ = ["field_type_of", "infer_field_types", "resolve_filter_tree", "resolve_filters"]
 
 
 def field_type_of(value: AttributeValue) -> FieldType:
@@ -92,19 +92,3 @@ def resolve_filter_tree(tree: FilterGroup | None, fields: Mapping[str, FieldType
         return out
 
     return FilterGroup(all=resolve(tree.all), any=resolve(tree.any), none=resolve(tree.none))
-
-
-def unsupported_tree(engine: str) -> InvalidQuery:
-    """The error of an engine that cannot translate a filter tree yet."""
-    return InvalidQuery(
-        f"the {engine} backend does not translate filter trees (cross-field OR, NOT of a group) yet: "
-        "write the filter as an AND of conditions (an OR inside one field is fine: color:red OR color:blue), "
-        "or use the Elasticsearch backend"
-    )
-
-
-def merge_field_types(known: Mapping[str, FieldType], new: Iterable[tuple[str, FieldType]]) -> dict[str, FieldType]:
-    merged = dict(known)
-    for name, kind in new:
-        merged.setdefault(name, kind)
-    return merged

@@ -20,8 +20,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from clipfuse.plugin.bm25 import SparseVector
+from clipfuse.plugin.facets import FieldValues
 from clipfuse.plugin.fusion import Ranked
 from clipfuse.schemas import FieldType, FilterCondition, FilterGroup, FusionMethod
+from clipfuse.schemas.search import FacetStats
 
 __all__ = [
     "POINT_NAMESPACE",
@@ -29,6 +31,10 @@ __all__ = [
     "Aliased",
     "Backend",
     "BackendResult",
+    "Embedded",
+    "FacetCounts",
+    "FacetQuery",
+    "Facetable",
     "Fetchable",
     "HybridQuery",
     "IndexInfo",
@@ -36,6 +42,8 @@ __all__ = [
     "Retriever",
     "Scrollable",
     "Signal",
+    "Warmable",
+    "is_embedded",
     "physical_name",
     "point_id",
 ]
@@ -281,6 +289,87 @@ class Scrollable(Protocol):
 
     def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The payloads of those of ``ids`` that exist."""
+        ...
+
+
+@runtime_checkable
+class Warmable(Protocol):
+    """A backend with a per-process cache worth filling before the first query (Qdrant Edge's id map)."""
+
+    def warm_ids(self) -> int:
+        """Fill the cache up front (for long-lived services); returns how many entries it learned."""
+        ...
+
+
+@runtime_checkable
+class Embedded(Protocol):
+    """A backend that may run its engine inside this process (Qdrant Edge; qdrant-client's local mode).
+
+    ``embedded`` is True when it does: one process owns the store (no worker can write to it, so
+    there is no broker to check). ``thread_safe`` is False when its calls must be serialised
+    (qdrant-client's local mode is plain Python; Edge's Rust shard takes concurrent reads).
+    Test with :func:`is_embedded`.
+    """
+
+    @property
+    def embedded(self) -> bool: ...
+
+    @property
+    def thread_safe(self) -> bool: ...
+
+
+def is_embedded(backend: object) -> bool:
+    """Whether ``backend`` runs its engine in this process (see :class:`Embedded`)."""
+    return isinstance(backend, Embedded) and bool(backend.embedded)
+
+
+@dataclass(frozen=True, slots=True)
+class FacetQuery:
+    """Facet counts over every document that passes the filters and matches the query's keywords.
+
+    The set ``facet_scope: "matches"`` names: documents passing ``filters`` and ``where``
+    and, when the query has keywords, sharing at least one analysed term with them (what
+    the BM25 signal can find: a non-zero sparse dot product on Qdrant, a ``multi_match`` on
+    Elasticsearch). No keywords (an image query): every document passing the filters.
+    """
+
+    #: the fields to count (keyword / bool: value counts; number: stats), with their types
+    fields: Mapping[str, FieldType]
+    filters: tuple[FilterCondition, ...] = ()
+    where: FilterGroup | None = None
+    #: the query's keywords, for engines that analyse text themselves
+    text: str | None = None
+    #: the same keywords as a BM25 sparse vector, for sparse engines (empty: no term is known)
+    sparse: SparseVector | None = None
+    max_values: int = 10
+    #: count groups (one per value of this keyword field; documents without one stand alone)
+    group_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FacetCounts:
+    """What a :class:`FacetQuery` counts: value counts, number stats, and the size of the set."""
+
+    facets: dict[str, dict[str, int]]
+    stats: dict[str, FacetStats]
+    #: documents in the set (groups with ``group_by``)
+    total: int
+
+
+@runtime_checkable
+class Facetable(Protocol):
+    """A backend that counts facets itself, behind its own error mapping."""
+
+    def field_values(self, fields: Mapping[str, FieldType], *, sample: int, max_values: int) -> FieldValues:
+        """The index's values of ``fields`` (keyword / bool: most frequent; number: range) for filter controls.
+
+        From the engine's facet counts / aggregations where it has them, else a sample of at
+        most ``sample`` documents.
+        """
+        ...
+
+    def count_facets(self, query: FacetQuery) -> FacetCounts:
+        """Exact facet counts over the set :class:`FacetQuery` names (list items once per document)."""
         ...
 
 

@@ -31,33 +31,52 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError
-from clipfuse.plugin.filters import unsupported_tree
-from clipfuse.plugin.fusion import Ranked, qdrant_rrf_k
+from clipfuse.plugin.bm25 import SparseVector
+from clipfuse.plugin.facets import FacetField, FacetValue, FieldValues, count_payloads, field_values_from_payloads
+from clipfuse.plugin.fusion import Ranked
 from clipfuse.plugin.protocol import (
     AliasRecord,
     BackendResult,
+    FacetCounts,
+    FacetQuery,
     HybridQuery,
     IndexedDocument,
     IndexInfo,
-    Retriever,
     point_id,
 )
-from clipfuse.schemas import FieldType, FilterCondition
+from clipfuse.plugin.qdrant_dialect import (
+    BM25,
+    IMAGE,
+    TEXT,
+    Condition,
+    FusionPlan,
+    MatchAny,
+    Node,
+    Range,
+    SignalSearch,
+    filter_node,
+    new_fields,
+    payload_index_type,
+    plan_matches,
+    plan_search,
+    point_payload,
+    point_vectors,
+    shape_failures,
+)
+from clipfuse.schemas import FieldType, FilterCondition, FilterGroup
 
 __all__ = ["QdrantBackend", "build_qdrant_filter", "build_query_requests"]
 
 log = logging.getLogger(__name__)
 
-IMAGE, TEXT, BM25 = "image", "text", "bm25"
 _META_KEY = "clipfuse"
 _ALIAS_KEY = "clipfuse_alias"
 _SCHEMA_VERSION = 1
 _PAYLOAD_INDEX = {
     "keyword": models.PayloadSchemaType.KEYWORD,
-    "number": models.PayloadSchemaType.FLOAT,
+    "float": models.PayloadSchemaType.FLOAT,
     "bool": models.PayloadSchemaType.BOOL,
 }
-_USING = {"image": IMAGE, "text": TEXT, "bm25": BM25}
 
 
 @contextmanager
@@ -78,87 +97,64 @@ def _errors(action: str) -> Iterator[None]:
         raise
 
 
-def _condition(c: FilterCondition) -> tuple[list[models.Condition], list[models.Condition]]:
-    """(must, must_not) conditions for one filter."""
-    key = c.field
-    if c.op in ("lt", "lte", "gt", "gte"):
-        return [models.FieldCondition(key=key, range=models.Range(**{c.op: float(c.value)}))], []  # type: ignore[arg-type]
-    if c.op in ("in", "nin"):
-        values = list(c.value) if isinstance(c.value, list) else [c.value]
-        if all(isinstance(v, float) and not isinstance(v, bool) for v in values):
-            any_of: list[models.Condition] = [
-                models.FieldCondition(key=key, range=models.Range(gte=v, lte=v))
-                for v in values  # type: ignore[arg-type]
-            ]
-            cond: models.Condition = models.Filter(should=any_of)
-        else:
-            cond = models.FieldCondition(key=key, match=models.MatchAny(any=values))  # type: ignore[arg-type]
-        return ([cond], []) if c.op == "in" else ([], [cond])
-    value = c.value
-    if isinstance(value, float) and not value.is_integer():
-        single: models.Condition = models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
-    else:
-        if isinstance(value, float):
-            value = int(value)
-        single = models.FieldCondition(key=key, match=models.MatchValue(value=value))  # type: ignore[arg-type]
-    return ([single], []) if c.op == "eq" else ([], [single])
+# --------------------------------------------------------------------------- emitter
+# The neutral dialect (clipfuse.plugin.qdrant_dialect) in qdrant_client.models types.
+def _emit(c: Condition) -> models.Condition:
+    if isinstance(c, Node):
+        return emit_filter(c)
+    if isinstance(c, Range):
+        return models.FieldCondition(key=c.key, range=models.Range(lt=c.lt, lte=c.lte, gt=c.gt, gte=c.gte))
+    if isinstance(c, MatchAny):
+        return models.FieldCondition(key=c.key, match=models.MatchAny(any=list(c.values)))
+    return models.FieldCondition(key=c.key, match=models.MatchValue(value=c.value))
 
 
-def build_qdrant_filter(filters: Sequence[FilterCondition]) -> models.Filter | None:
-    """Translate checked filters (see :func:`clipfuse.plugin.filters.resolve_filters`) to a Qdrant filter."""
-    if not filters:
-        return None
-    must: list[models.Condition] = []
-    must_not: list[models.Condition] = []
-    for condition in filters:
-        m, n = _condition(condition)
-        must.extend(m)
-        must_not.extend(n)
-    return models.Filter(must=must or None, must_not=must_not or None)
+def emit_filter(node: Node) -> models.Filter:
+    """A neutral filter node as a ``models.Filter``."""
+    return models.Filter(
+        must=[_emit(c) for c in node.must] or None,
+        should=[_emit(c) for c in node.should] or None,
+        must_not=[_emit(c) for c in node.must_not] or None,
+    )
 
 
-def _query_vector(r: Retriever) -> Any:
-    if r.signal == "bm25":
-        assert r.sparse is not None, "the bm25 retriever needs a sparse vector for Qdrant"
-        return models.SparseVector(indices=list(r.sparse.indices), values=list(r.sparse.values))
-    assert r.dense is not None
-    return [float(x) for x in r.dense]
+def build_qdrant_filter(filters: Sequence[FilterCondition], where: FilterGroup | None = None) -> models.Filter | None:
+    """Checked filters (see :func:`clipfuse.plugin.filters.resolve_filters`) and a filter tree as a Qdrant
+    filter (semantics: :mod:`clipfuse.plugin.qdrant_dialect`). None: no filter."""
+    node = filter_node(filters, where)
+    return emit_filter(node) if node is not None else None
 
 
-def native_fusion(query: HybridQuery) -> models.RrfQuery | models.FusionQuery | None:
-    """The fusion query Qdrant can run itself for this request, or None (then clipfuse fuses)."""
-    if len(query.retrievers) < 2:
-        return None
-    weights = [r.weight for r in query.retrievers]
-    if query.fusion == "rrf" and float(query.rrf_k).is_integer():
-        uniform = all(w == weights[0] for w in weights)
-        return models.RrfQuery(
-            rrf=models.Rrf(k=qdrant_rrf_k(query.rrf_k), weights=None if uniform and weights[0] == 1.0 else weights)
-        )
-    if query.fusion == "dbsf" and all(w == 1.0 for w in weights):
-        return models.FusionQuery(fusion=models.Fusion.DBSF)
-    return None
+def _query_vector(search: SignalSearch) -> Any:
+    if search.sparse is not None:
+        return models.SparseVector(indices=list(search.sparse.indices), values=list(search.sparse.values))
+    return list(search.dense or ())
+
+
+def _fusion(plan: FusionPlan) -> models.RrfQuery | models.FusionQuery:
+    if plan.method == "rrf":
+        weights = list(plan.weights) if plan.weights is not None else None
+        return models.RrfQuery(rrf=models.Rrf(k=plan.k, weights=weights))
+    return models.FusionQuery(fusion=models.Fusion.DBSF)
 
 
 def build_query_requests(query: HybridQuery) -> tuple[list[models.QueryRequest], bool]:
     """The batch of requests for one hybrid query; second item: whether the last one is Qdrant-fused."""
-    if query.where is not None:
-        raise unsupported_tree("Qdrant")
-    flt = build_qdrant_filter(query.filters)
+    plan = plan_search(query)
+    flt = emit_filter(plan.filter) if plan.filter is not None else None
     requests = [
-        models.QueryRequest(
-            query=_query_vector(r), using=_USING[r.signal], filter=flt, limit=query.candidates, with_payload=True
-        )
-        for r in query.retrievers
+        models.QueryRequest(query=_query_vector(s), using=s.using, filter=flt, limit=plan.candidates, with_payload=True)
+        for s in plan.signals
     ]
-    fusion = native_fusion(query)
-    if fusion is not None:
+    if plan.fusion is not None:
         prefetch = [
-            models.Prefetch(query=_query_vector(r), using=_USING[r.signal], filter=flt, limit=query.candidates)
-            for r in query.retrievers
+            models.Prefetch(query=_query_vector(s), using=s.using, filter=flt, limit=plan.candidates)
+            for s in plan.signals
         ]
-        requests.append(models.QueryRequest(prefetch=prefetch, query=fusion, limit=query.limit, with_payload=True))
-    return requests, fusion is not None
+        requests.append(
+            models.QueryRequest(prefetch=prefetch, query=_fusion(plan.fusion), limit=plan.limit, with_payload=True)
+        )
+    return requests, plan.fusion is not None
 
 
 class QdrantBackend:
@@ -178,9 +174,22 @@ class QdrantBackend:
         self._info: IndexInfo | None = None
 
     @property
+    def embedded(self) -> bool:
+        """True for qdrant-client's local mode (capability :class:`~clipfuse.plugin.protocol.Embedded`):
+        the engine runs in this process, and payload indexes have no effect there."""
+        from qdrant_client.local.qdrant_local import QdrantLocal
+
+        return isinstance(getattr(self.client, "_client", None), QdrantLocal)
+
+    @property
+    def thread_safe(self) -> bool:
+        """Local mode is plain Python, not made for concurrent threads: callers serialise its calls."""
+        return not self.embedded
+
+    @property
     def is_local(self) -> bool:
-        """True for qdrant-client's embedded local mode (payload indexes have no effect there)."""
-        return type(getattr(self.client, "_client", None)).__name__ == "QdrantLocal"
+        """The same as :attr:`embedded` (the name qdrant-client uses)."""
+        return self.embedded
 
     # -- schema --------------------------------------------------------------------
     def index_info(self) -> IndexInfo | None:
@@ -220,7 +229,7 @@ class QdrantBackend:
                 sparse_vectors_config={BM25: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 metadata={_META_KEY: {"version": _SCHEMA_VERSION, "model": model, "dim": dim, "fields": {}}},
             )
-            if not self.is_local:
+            if not self.embedded:
                 self.client.create_payload_index(self.collection, "doc_id", models.PayloadSchemaType.KEYWORD)
         self._info = IndexInfo(dim=dim, model=model, fields={})
 
@@ -228,43 +237,31 @@ class QdrantBackend:
         info = self._info or self.index_info()
         if info is None:
             raise ConfigurationError(f"collection {self.collection!r} does not exist; index documents first")
-        new = {k: v for k, v in fields.items() if k not in info.fields}
+        new, merged = new_fields(info, fields)
         if not new:
             return
-        merged = {**info.fields, **new}
         with _errors(f"registering fields of {self.collection!r}"):
-            if not self.is_local:
+            if not self.embedded:
                 for name, kind in new.items():
-                    self.client.create_payload_index(self.collection, name, _PAYLOAD_INDEX[kind])
-            self.client.update_collection(
-                self.collection,
-                metadata={
-                    _META_KEY: {"version": _SCHEMA_VERSION, "model": info.model, "dim": info.dim, "fields": merged}
-                },
-            )
-        self._info = IndexInfo(dim=info.dim, model=info.model, fields=merged)
+                    self.client.create_payload_index(self.collection, name, _PAYLOAD_INDEX[payload_index_type(kind)])
+            record = {"version": _SCHEMA_VERSION, "model": info.model, "dim": info.dim, "fields": dict(merged.fields)}
+            self.client.update_collection(self.collection, metadata={_META_KEY: record})
+        self._info = merged
 
     # -- writes --------------------------------------------------------------------
     def _point(self, doc: IndexedDocument) -> models.PointStruct:
-        vector: dict[str, Any] = {}
-        if doc.image_vector is not None:
-            vector[IMAGE] = doc.image_vector.astype("float32").tolist()
-        if doc.text_vector is not None:
-            vector[TEXT] = doc.text_vector.astype("float32").tolist()
-        if doc.sparse is not None and len(doc.sparse):
-            vector[BM25] = models.SparseVector(indices=list(doc.sparse.indices), values=list(doc.sparse.values))
-        return models.PointStruct(id=point_id(doc.id), vector=vector, payload={**doc.payload, "doc_id": doc.id})
+        vector: dict[str, Any] = {
+            name: models.SparseVector(indices=list(v.indices), values=list(v.values))
+            if isinstance(v, SparseVector)
+            else v
+            for name, v in point_vectors(doc).items()
+        }
+        return models.PointStruct(id=point_id(doc.id), vector=vector, payload=point_payload(doc))
 
     def upsert(self, documents: Sequence[IndexedDocument]) -> dict[str, str]:
-        failures: dict[str, str] = {}
         dim = (self._info or self.index_info() or IndexInfo(0, None, {})).dim
-        points = []
-        for doc in documents:
-            for name, vec in ((IMAGE, doc.image_vector), (TEXT, doc.text_vector)):
-                if vec is not None and vec.shape != (dim,):
-                    failures[doc.id] = f"{name} vector has shape {tuple(vec.shape)}, the collection expects ({dim},)"
-            if doc.id not in failures:
-                points.append(self._point(doc))
+        failures = shape_failures(documents, dim)
+        points = [self._point(doc) for doc in documents if doc.id not in failures]
         for start in range(0, len(points), self.upsert_batch):
             chunk = points[start : start + self.upsert_batch]
             with _errors(f"upserting {len(chunk)} points into {self.collection!r}"):
@@ -315,6 +312,102 @@ class QdrantBackend:
         for p in points:
             payload = dict(p.payload or {})
             out[str(payload.pop("doc_id", p.id))] = payload
+        return out
+
+    # -- facets (capability Facetable) ---------------------------------------------------
+    def field_values(self, fields: Mapping[str, FieldType], *, sample: int, max_values: int) -> FieldValues:
+        """Facet counts and ordered scrolls on a server (the payload indexes make both cheap); a sample
+        of ``sample`` documents in local mode, or when the server cannot answer (an old server)."""
+        if not self.embedded:
+            try:
+                return FieldValues(self._server_field_values(fields, max_values=max_values), "engine")
+            except BackendUnavailable:
+                raise
+            except BackendError as e:
+                log.info("Qdrant facets failed (%s); sampling documents instead", e)
+        payloads: list[Mapping[str, Any]] = []
+        offset: Any = None
+        while len(payloads) < sample:
+            with _errors(f"reading payloads from {self.collection!r}"):
+                points, offset = self.client.scroll(
+                    self.collection,
+                    limit=min(256, sample - len(payloads)),
+                    offset=offset,
+                    with_payload=list(fields),
+                    with_vectors=False,
+                )
+            payloads.extend(p.payload or {} for p in points)
+            if offset is None or not points:
+                break
+        return field_values_from_payloads(payloads, fields, max_values)
+
+    def count_facets(self, query: FacetQuery) -> FacetCounts:
+        """Exact counts over the matches: their payloads read with one filtered scroll, or one sparse
+        BM25 query as long as the filtered count, then counted by :func:`count_payloads`."""
+        scan = plan_matches(query)
+        payloads: list[Mapping[str, Any]] = []
+        if not scan.empty:
+            flt = emit_filter(scan.filter) if scan.filter is not None else None
+            selector = list(scan.fields) or False
+            if scan.sparse is not None:
+                with _errors(f"counting the matches in {self.collection!r}"):
+                    passing = int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+                    if passing:
+                        vector = models.SparseVector(indices=list(scan.sparse.indices), values=list(scan.sparse.values))
+                        response = self.client.query_points(
+                            self.collection,
+                            query=vector,
+                            using=scan.using,
+                            query_filter=flt,
+                            limit=passing,
+                            with_payload=selector,
+                            with_vectors=False,
+                        )
+                        payloads = [p.payload or {} for p in response.points if p.score > 0]
+            else:
+                offset: Any = None
+                while True:
+                    with _errors(f"reading the matches in {self.collection!r}"):
+                        points, offset = self.client.scroll(
+                            self.collection,
+                            scroll_filter=flt,
+                            limit=1024,
+                            offset=offset,
+                            with_payload=selector,
+                            with_vectors=False,
+                        )
+                    payloads.extend(p.payload or {} for p in points)
+                    if offset is None or not points:
+                        break
+        facets, stats, total = count_payloads(
+            payloads, query.fields, max_values=query.max_values, group_by=query.group_by
+        )
+        return FacetCounts(facets=facets, stats=stats, total=total)
+
+    def _server_field_values(self, fields: Mapping[str, FieldType], *, max_values: int) -> list[FacetField]:
+        out = []
+        for name, kind in sorted(fields.items()):
+            if kind == "number":
+                ends: list[float | None] = []
+                for direction in (models.Direction.ASC, models.Direction.DESC):
+                    with _errors(f"reading the range of {name!r} in {self.collection!r}"):
+                        points, _ = self.client.scroll(
+                            self.collection,
+                            limit=1,
+                            order_by=models.OrderBy(key=name, direction=direction),
+                            with_payload=[name],
+                            with_vectors=False,
+                        )
+                    value = (points[0].payload or {}).get(name) if points else None
+                    if isinstance(value, list):
+                        value = (min if direction == models.Direction.ASC else max)(value) if value else None
+                    ends.append(float(value) if isinstance(value, (int, float)) else None)
+                out.append(FacetField(name=name, type=kind, min=ends[0], max=ends[1]))
+            else:
+                with _errors(f"counting the values of {name!r} in {self.collection!r}"):
+                    response = self.client.facet(self.collection, key=name, limit=max_values, exact=False)
+                values = [FacetValue(value=hit.value, count=int(hit.count)) for hit in response.hits]
+                out.append(FacetField(name=name, type=kind, values=values))
         return out
 
     # -- aliases (capability Aliased) -------------------------------------------------------

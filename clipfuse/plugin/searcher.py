@@ -21,9 +21,9 @@ from clipfuse.plugin.bm25 import Bm25Encoder
 from clipfuse.plugin.cursor import CursorCodec, FrozenRanking, MemoryCursorStore
 from clipfuse.plugin.filters import resolve_filter_tree, resolve_filters
 from clipfuse.plugin.fusion import Ranked
-from clipfuse.plugin.protocol import Backend, Fetchable, HybridQuery, IndexInfo, Retriever
+from clipfuse.plugin.protocol import Backend, Facetable, FacetQuery, Fetchable, HybridQuery, IndexInfo, Retriever
 from clipfuse.plugin.ranking import AnyBoost, Candidate
-from clipfuse.schemas import FilterCondition, SearchRequest, SearchResponse
+from clipfuse.schemas import FieldType, FilterCondition, SearchRequest, SearchResponse
 from clipfuse.schemas.rules import RuleSet, load_rules
 from clipfuse.schemas.search import (
     DecayBoost,
@@ -326,10 +326,10 @@ class HybridSearcher:
         for name in request.facets:
             if name not in fields:
                 raise InvalidQuery(f"unknown facet field {name!r}; fields you can facet on: {known}")
-        if request.facet_scope == "matches" and request.facets:
+        if request.facet_scope == "matches" and request.facets and not isinstance(self.backend, Facetable):
             raise InvalidQuery(
-                f"facet_scope 'matches' is not available on the {self.backend.name} backend yet: use "
-                "facet_scope 'window' (the fused candidates, what the shopper can page through)"
+                f"facet_scope 'matches' needs a backend that counts facets itself; the {self.backend.name} backend "
+                "does not: use facet_scope 'window' (the fused candidates, what the shopper can page through)"
             )
         collapse = request.collapse
         if collapse is not None:
@@ -491,15 +491,20 @@ class HybridSearcher:
             groups = collapse_steps.singletons(candidates)
         groups = _rules.place_pins(groups, pins)
 
-        # facets and total over the window
+        # facets and total over the window, or over every match (counted by the engine)
         facets: dict[str, dict[str, int]] = {}
         stats: dict[str, FacetStats] = {}
-        if request.facets:
-            counted = {name: info.fields[name] for name in request.facets}
-            members = [[payloads.get(doc, {}) for doc in group.ids] for group in groups]
-            facets, stats = facet_steps.count_facets(members, counted, max_values=request.max_values_per_facet)
         full = any(len(ranked) >= query.candidates for ranked in result.lists)
         total = Total(value=len(groups), relation="gte" if full else "eq")
+        if request.facets:
+            counted = {name: info.fields[name] for name in request.facets}
+            if request.facet_scope == "matches" and isinstance(self.backend, Facetable):
+                counts = self.backend.count_facets(self._facet_query(request, query, counted))
+                facets, stats = counts.facets, counts.stats
+                total = Total(value=counts.total, relation="eq")
+            else:
+                members = [[payloads.get(doc, {}) for doc in group.ids] for group in groups]
+                facets, stats = facet_steps.count_facets(members, counted, max_values=request.max_values_per_facet)
 
         frozen = FrozenRanking(
             **self._columns(groups, request, per_signal, contributions, signals, payloads),
@@ -519,6 +524,20 @@ class HybridSearcher:
         if self.cursors is not None and end < len(frozen):
             next_cursor = self.cursors.token(self.cursors.freeze(frozen), end)
         return self._respond(frozen, request.offset, end, payloads if complete else None, next_cursor, started)
+
+    def _facet_query(self, request: SearchRequest, query: HybridQuery, fields: dict[str, FieldType]) -> FacetQuery:
+        """The set ``facet_scope: "matches"`` counts: the query's filters and keywords (see :class:`FacetQuery`)."""
+        text = request.text if request.text is not None and request.text.strip() else None
+        sparse = self.bm25.encode_query(text) if text is not None and self.backend.lexical == "sparse" else None
+        return FacetQuery(
+            fields=fields,
+            filters=query.filters,
+            where=query.where,
+            text=text,
+            sparse=sparse,
+            max_values=request.max_values_per_facet,
+            group_by=request.collapse.field if request.collapse is not None else None,
+        )
 
     def _columns(
         self,

@@ -43,7 +43,7 @@ from clipfuse.errors import (
     InvalidQuery,
 )
 from clipfuse.images import ImageLimits, ImageLoader
-from clipfuse.plugin.protocol import Aliased
+from clipfuse.plugin.protocol import Aliased, Embedded, Warmable, is_embedded
 from clipfuse.schemas import Document, Hit, ImageSource, SearchRequest, SearchResponse, Weights, parse_filter
 from clipfuse.schemas import limits as L
 from clipfuse.schemas.search import Variant
@@ -288,10 +288,9 @@ class Service:
                 from clipfuse.factory import build_backend
 
                 self.backend = build_backend(self.settings)
-                warm = getattr(self.backend, "warm_ids", None)
-                if callable(warm):  # Qdrant Edge: learn the point -> document id map once, not per query
-                    warm()
-            if getattr(self.backend, "is_local", False):
+                if isinstance(self.backend, Warmable):  # Qdrant Edge: learn the point -> document id map once
+                    self.backend.warm_ids()
+            if isinstance(self.backend, Embedded) and self.backend.embedded and not self.backend.thread_safe:
                 self._engine_lock = threading.RLock()  # the embedded store is not made for concurrent threads
             if self.searcher is None:
                 from clipfuse.reindex.writer import resolve_alias
@@ -359,9 +358,8 @@ class Service:
                 if record is None or record.target == self._target or not isinstance(root, Aliased):
                     return searcher
                 backend = root.open_index(record.target)
-                warm = getattr(backend, "warm_ids", None)
-                if callable(warm):
-                    warm()
+                if isinstance(backend, Warmable):
+                    backend.warm_ids()
                 info = backend.index_info()
             embedder = self._embedder_for(info.model if info else None)
         except Exception as e:  # e.g. the new shard still held by the re-index process: try again later
@@ -601,7 +599,7 @@ class Service:
                 info = backend.index_info()
                 count = backend.count() if info is not None else 0
             return {
-                "engine": getattr(backend, "name", type(backend).__name__),
+                "engine": backend.name,
                 "index": self.settings.index,
                 "index_exists": info is not None,
                 "documents": count,
@@ -618,7 +616,8 @@ class Service:
             checks["rules"] = Check(ok=True, detail=detail)
         with_broker = self.settings.service.check_broker
         if with_broker is None:  # a query-only install (clipfuse[service]) has no broker client: nothing to check
-            with_broker = not getattr(backend, "is_local", False) and _broker_client_installed(self.settings.broker.url)
+            # an embedded store (Qdrant Edge, qdrant-client local mode) is written by this process only: no broker
+            with_broker = not is_embedded(backend) and _broker_client_installed(self.settings.broker.url)
         if with_broker:
             url = self.settings.broker.url
 
