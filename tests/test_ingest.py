@@ -9,12 +9,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
-from clipfuse.errors import BackendUnavailable
+from clipfuse.errors import BackendUnavailable, InvalidDocument
 from clipfuse.images import ImageLoader
-from clipfuse.ingest.pipeline import Indexer
+from clipfuse.ingest.pipeline import Indexer, document_key, last_versions
 from clipfuse.plugin.qdrant import QdrantBackend
+from clipfuse.schemas import parse_document
 
 
 @pytest.fixture
@@ -123,6 +126,31 @@ def test_bad_documents_are_rejected_alone(
     assert rejected["corrupt"].stage == "load" and rejected["corrupt"].document is not None
     assert rejected["huge-caption"].document is None  # too large to keep for replay
     assert [r.position for r in report.rejected] == sorted(r.position for r in report.rejected)  # type: ignore[type-var]
+
+
+def test_the_duplicates_rule_keeps_the_last_version() -> None:
+    """One rule for the Indexer and the workers: each position maps to the version kept."""
+    assert last_versions([]) == []
+    assert last_versions(["a", "b", "a", None, "b", None, "a"]) == [6, 4, 6, 3, 4, 5, 6]
+    keys = ["x", "y", "x"]
+    assert [i for i, winner in enumerate(last_versions(keys)) if winner == i] == [1, 2]
+
+
+@given(st.one_of(st.text(max_size=40), st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False)))
+def test_document_key_is_the_id_validation_gives(value: Any) -> None:
+    """The workers key raw messages by document_key; the Indexer keys validated documents by id: the same."""
+    raw = {"id": value, "title": "t"}
+    try:
+        validated = parse_document(raw).id
+    except InvalidDocument:
+        return
+    assert document_key(raw) == validated
+    assert document_key(parse_document(raw)) == validated
+
+
+def test_document_key_without_a_usable_id() -> None:
+    assert document_key({"id": True}) is None and document_key({"title": "no id"}) is None
+    assert document_key(["not", "a", "document"]) is None and document_key({"id": 7}) == "7"
 
 
 def test_duplicate_ids_in_a_batch_keep_the_last(indexer: Indexer, backend: QdrantBackend) -> None:
