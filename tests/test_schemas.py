@@ -785,3 +785,20 @@ if hypothesis is not None:
         condition = parse_filter(f"{field}{op}{number}")
         assert condition.field == field
         assert condition.value == number and type(condition.value) is int
+
+
+def test_parse_weights_is_the_one_weights_reader() -> None:
+    from clipfuse.errors import InvalidQuery
+    from clipfuse.schemas import Weights, parse_weights
+
+    assert parse_weights(None) == parse_weights("  ") == Weights()
+    assert parse_weights("image=2, bm25=0") == Weights(image=2, text=1, bm25=0)
+    assert parse_weights("text=0.5,") == Weights(text=0.5)
+    for spec, message in [
+        ("colour=1", "cannot read 'colour=1'"),
+        ("image=x", "cannot read 'image=x': image needs a number"),
+        ("image", "cannot read 'image'"),
+        ("image=1000", "less than or equal"),
+    ]:
+        with pytest.raises(InvalidQuery, match=message):
+            parse_weights(spec)

@@ -22,3 +22,17 @@ def test_mypy_passes_on_the_package() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "Success" in proc.stdout
+
+
+@pytest.mark.slow
+def test_mypy_strict_passes_on_the_public_api() -> None:
+    """``clipfuse.plugin`` and ``clipfuse.schemas`` (what users import) pass ``mypy --strict``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "clipfuse/plugin", "clipfuse/schemas"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "Success" in proc.stdout

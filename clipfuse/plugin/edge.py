@@ -83,6 +83,8 @@ from clipfuse.plugin.qdrant_dialect import (
     Node,
     Range,
     SignalSearch,
+    document_of,
+    documents_of,
     filter_node,
     native_fusion,
     new_fields,
@@ -91,6 +93,7 @@ from clipfuse.plugin.qdrant_dialect import (
     plan_search,
     point_payload,
     point_vectors,
+    ranked_of,
     shape_failures,
 )
 from clipfuse.schemas import FieldType, FilterCondition, FilterGroup
@@ -111,7 +114,7 @@ _PAYLOAD_INDEX = {
     "bool": qe.PayloadSchemaType.Bool,
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_DOC_ID_ONLY = qe.PayloadSelector.Include(["doc_id"])  # type: ignore[call-arg]
+_DOC_ID_ONLY = qe.PayloadSelector.Include(["doc_id"])
 
 
 # --------------------------------------------------------------------------- errors
@@ -207,7 +210,7 @@ def build_edge_requests(
     plan = plan_search(query, engine_fusion=engine_fusion)
     flt = emit_filter(plan.filter) if plan.filter is not None else None
     fields = _signal_payload(query, plan.fusion is not None)
-    signal_payload: Any = False if fields is None else qe.PayloadSelector.Include(["doc_id", *fields])  # type: ignore[call-arg]
+    signal_payload: Any = False if fields is None else qe.PayloadSelector.Include(["doc_id", *fields])
     requests = [
         qe.QueryRequest(
             limit=plan.candidates, query=_query_vector(s), filter=flt, params=params, with_payload=signal_payload
@@ -220,7 +223,7 @@ def build_edge_requests(
         ]
         payload: Any = True
         if plan.window_fields is not None:
-            payload = qe.PayloadSelector.Include(["doc_id", *plan.window_fields])  # type: ignore[call-arg]
+            payload = qe.PayloadSelector.Include(["doc_id", *plan.window_fields])
         requests.append(
             qe.QueryRequest(limit=plan.limit, query=_fusion(plan.fusion), prefetches=prefetches, with_payload=payload)
         )
@@ -349,7 +352,7 @@ class EdgeBackend:
     def _release_lock(self) -> None:
         if self._lock_file is not None:
             with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)  # type: ignore[union-attr]
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
 
@@ -615,7 +618,7 @@ class EdgeBackend:
         shard = self._require()
         if shard is None or limit <= 0:
             return []
-        selector = qe.PayloadSelector.Include(list(fields))  # type: ignore[call-arg]
+        selector = qe.PayloadSelector.Include(list(fields))
         out: list[dict[str, Any]] = []
         offset: Any = None
         while len(out) < limit:
@@ -642,7 +645,7 @@ class EdgeBackend:
         payloads: list[Mapping[str, Any]] = []
         if shard is not None and not scan.empty:
             flt = emit_filter(scan.filter) if scan.filter is not None else None
-            selector: Any = qe.PayloadSelector.Include(list(scan.fields)) if scan.fields else False  # type: ignore[call-arg]
+            selector: Any = qe.PayloadSelector.Include(list(scan.fields)) if scan.fields else False
             if scan.sparse is not None:
                 with _errors(f"counting the matches in {self.collection!r}"):
                     passing = int(shard.count(qe.CountRequest(exact=True, filter=flt)))
@@ -686,23 +689,10 @@ class EdgeBackend:
         payloads: dict[str, dict[str, Any]] = {}
         fused: list[Ranked] | None = None
         if fused_by_engine:
-            fused = []
-            for p in responses.pop():
-                payload = dict(p.payload or {})
-                doc_id = str(payload.pop("doc_id", p.id))
-                payloads[doc_id] = payload
-                fused.append(Ranked(doc_id, float(p.score)))
+            fused = ranked_of(responses.pop(), payloads)
         known: dict[Any, str] = self._doc_ids
         if _signal_payload(query, fused_by_engine) is not None:  # the window's fields came with each signal
-            lists = []
-            for response in responses:
-                ranked = []
-                for p in response:
-                    payload = dict(p.payload or {})
-                    doc_id = str(payload.pop("doc_id", p.id))
-                    payloads.setdefault(doc_id, payload)
-                    ranked.append(Ranked(doc_id, float(p.score)))
-                lists.append(ranked)
+            lists = [ranked_of(response, payloads) for response in responses]
         else:
             # (point id, score) per signal; ScoredPoint.id builds a new uuid.UUID on every access: read it once
             hits = [[(p.id, p.score) for p in response] for response in responses]
@@ -720,14 +710,10 @@ class EdgeBackend:
         shard = self._require()
         if shard is None or not ids:
             return {}
-        selector: Any = True if fields is None else qe.PayloadSelector.Include(["doc_id", *fields])  # type: ignore[call-arg]
+        selector: Any = True if fields is None else qe.PayloadSelector.Include(["doc_id", *fields])
         with _errors(f"reading payloads from {self.collection!r}"):
             records = shard.retrieve([point_id(i) for i in ids], with_payload=selector, with_vector=False)
-        out: dict[str, dict[str, Any]] = {}
-        for record in records:
-            payload = dict(record.payload or {})
-            out[str(payload.pop("doc_id", record.id))] = payload
-        return out
+        return documents_of(records)
 
     # -- aliases (capability Aliased): a pointer file per alias ------------------------------
     def alias_path(self, alias: str) -> Path:
@@ -823,11 +809,7 @@ class EdgeBackend:
             records, next_offset = shard.scroll(
                 qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=False)
             )
-        out = []
-        for record in records:
-            payload = dict(record.payload or {})
-            out.append((str(payload.pop("doc_id", record.id)), payload))
-        return out, (next_offset if records else None)
+        return [document_of(r) for r in records], (next_offset if records else None)
 
     def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return self.fetch(ids)

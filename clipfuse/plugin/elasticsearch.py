@@ -61,7 +61,7 @@ from clipfuse.plugin.protocol import (
     IndexInfo,
     Retriever,
 )
-from clipfuse.schemas import FieldType, FilterCondition, FilterExpr, FilterGroup
+from clipfuse.schemas import RESERVED_FIELDS, FieldType, FilterCondition, FilterExpr, FilterGroup
 from clipfuse.schemas.search import FacetStats
 
 __all__ = [
@@ -99,8 +99,6 @@ TEXT_FIELDS: tuple[str, ...] = ("title", "caption", "description")
 #: the BM25 ``multi_match`` fields and boosts: a title match counts most
 BM25_FIELDS: tuple[str, ...] = ("title^3", "caption^2", "description")
 ANALYZER = "clipfuse_product"
-#: fields clipfuse maps itself; an attribute with one of these names is refused
-RESERVED_FIELDS = frozenset({"doc_id", "images", *TEXT_FIELDS, *VECTOR_FIELDS})
 _VECTOR_OF = {"image": IMAGE_FIELD, "text": TEXT_FIELD}
 _META_KEY = "clipfuse"
 _ALIAS_KEY = "clipfuse_alias"

@@ -54,6 +54,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from clipfuse.schemas.search import FusionMethod
+
 __all__ = [
     "Fused",
     "FusionMethod",
@@ -67,7 +69,6 @@ __all__ = [
     "rrf",
 ]
 
-FusionMethod = Literal["rrf", "linear", "dbsf", "zscore"]
 Normalization = Literal["minmax", "zscore", "dbsf"]
 
 

@@ -33,7 +33,6 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from clipfuse.errors import BackendError, BackendUnavailable, ConfigurationError
 from clipfuse.plugin.bm25 import SparseVector
 from clipfuse.plugin.facets import FacetField, FacetValue, FieldValues, count_payloads, field_values_from_payloads
-from clipfuse.plugin.fusion import Ranked
 from clipfuse.plugin.protocol import (
     AliasRecord,
     BackendResult,
@@ -54,6 +53,8 @@ from clipfuse.plugin.qdrant_dialect import (
     Node,
     Range,
     SignalSearch,
+    document_of,
+    documents_of,
     filter_node,
     new_fields,
     payload_index_type,
@@ -61,6 +62,7 @@ from clipfuse.plugin.qdrant_dialect import (
     plan_search,
     point_payload,
     point_vectors,
+    ranked_of,
     shape_failures,
 )
 from clipfuse.schemas import FieldType, FilterCondition, FilterGroup
@@ -288,15 +290,7 @@ class QdrantBackend:
         with _errors(f"searching {self.collection!r}"):
             responses = self.client.query_batch_points(self.collection, requests=requests)
         payloads: dict[str, dict[str, Any]] = {}
-        lists: list[list[Ranked]] = []
-        for response in responses:
-            ranked = []
-            for p in response.points:
-                payload = dict(p.payload or {})
-                doc_id = str(payload.pop("doc_id", p.id))
-                payloads.setdefault(doc_id, payload)
-                ranked.append(Ranked(doc_id, float(p.score)))
-            lists.append(ranked)
+        lists = [ranked_of(response.points, payloads) for response in responses]
         fused = lists.pop() if fused_by_engine else None
         return BackendResult(lists=lists, fused=fused, payloads=payloads)
 
@@ -308,11 +302,7 @@ class QdrantBackend:
             points = self.client.retrieve(
                 self.collection, ids=[point_id(i) for i in ids], with_payload=selector, with_vectors=False
             )
-        out: dict[str, dict[str, Any]] = {}
-        for p in points:
-            payload = dict(p.payload or {})
-            out[str(payload.pop("doc_id", p.id))] = payload
-        return out
+        return documents_of(points)
 
     # -- facets (capability Facetable) ---------------------------------------------------
     def field_values(self, fields: Mapping[str, FieldType], *, sample: int, max_values: int) -> FieldValues:
@@ -496,11 +486,7 @@ class QdrantBackend:
             points, next_offset = self.client.scroll(
                 self.collection, limit=limit, offset=offset, with_payload=True, with_vectors=False
             )
-        out = []
-        for p in points:
-            payload = dict(p.payload or {})
-            out.append((str(payload.pop("doc_id", p.id)), payload))
-        return out, next_offset
+        return [document_of(p) for p in points], next_offset
 
     def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return self.fetch(ids)

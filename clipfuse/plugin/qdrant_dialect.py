@@ -36,13 +36,13 @@ payload index of a field type.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from clipfuse.errors import BackendError
 from clipfuse.plugin.bm25 import SparseVector
-from clipfuse.plugin.fusion import qdrant_rrf_k
+from clipfuse.plugin.fusion import Ranked, qdrant_rrf_k
 from clipfuse.plugin.protocol import FacetQuery, HybridQuery, IndexedDocument, IndexInfo, Retriever
 from clipfuse.schemas import FieldType, FilterCondition, FilterExpr, FilterGroup
 
@@ -59,6 +59,8 @@ __all__ = [
     "Range",
     "SearchPlan",
     "SignalSearch",
+    "document_of",
+    "documents_of",
     "filter_node",
     "native_fusion",
     "new_fields",
@@ -67,6 +69,7 @@ __all__ = [
     "plan_search",
     "point_payload",
     "point_vectors",
+    "ranked_of",
     "shape_failures",
     "tree_node",
 ]
@@ -277,6 +280,29 @@ def plan_matches(query: FacetQuery) -> MatchScan:
     sparse = query.sparse if keywords else None
     empty = sparse is not None and not len(sparse)
     return MatchScan(filter=filter_node(query.filters, query.where), sparse=sparse, empty=empty, fields=fields)
+
+
+# --------------------------------------------------------------------------- reading points back
+# qdrant-client's ScoredPoint / Record and Edge's ScoredPoint / Record all carry .id, .payload (.score)
+def document_of(point: Any) -> tuple[str, dict[str, Any]]:
+    """(document id, payload without ``doc_id``) of a point read back; the point id if it has no ``doc_id``."""
+    payload = dict(point.payload or {})
+    return str(payload.pop("doc_id", point.id)), payload
+
+
+def documents_of(points: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """``{doc_id: payload}`` of points read back."""
+    return dict(document_of(p) for p in points)
+
+
+def ranked_of(points: Iterable[Any], payloads: dict[str, dict[str, Any]]) -> list[Ranked]:
+    """A best-first list of scored points; each document's payload goes to ``payloads`` (first seen wins)."""
+    ranked = []
+    for p in points:
+        doc_id, payload = document_of(p)
+        payloads.setdefault(doc_id, payload)
+        ranked.append(Ranked(doc_id, float(p.score)))
+    return ranked
 
 
 # --------------------------------------------------------------------------- writes

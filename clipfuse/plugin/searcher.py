@@ -24,7 +24,7 @@ from clipfuse.plugin.fusion import Ranked
 from clipfuse.plugin.protocol import Backend, Facetable, FacetQuery, Fetchable, HybridQuery, IndexInfo, Retriever
 from clipfuse.plugin.ranking import AnyBoost, Candidate
 from clipfuse.schemas import FieldType, FilterCondition, SearchRequest, SearchResponse
-from clipfuse.schemas.rules import RuleSet, load_rules
+from clipfuse.schemas.rules import Rule, RuleSet, load_rules
 from clipfuse.schemas.search import (
     DecayBoost,
     FacetStats,
@@ -102,7 +102,7 @@ class HybridSearcher:
         #: the merchandising rules in use (checked against the index; see :meth:`load_rules`)
         self.rules: RuleSet = RuleSet()
         #: where rankings are frozen for ``next_cursor`` (default: in this process, 10 minutes); None: no cursors
-        self.cursors: CursorCodec | None = CursorCodec(MemoryCursorStore()) if cursors == "memory" else cursors  # type: ignore[assignment]
+        self.cursors: CursorCodec | None = CursorCodec(MemoryCursorStore()) if cursors == "memory" else cursors
         if rules is not None:
             self.load_rules(rules)
 
@@ -150,18 +150,16 @@ class HybridSearcher:
         if text_vec is not None and image_vec is not None:
             mixed = request.compose_alpha * image_vec + (1.0 - request.compose_alpha) * text_vec
             norm = float(np.linalg.norm(mixed))
-            return (mixed / norm).astype(np.float32) if norm > 0 else image_vec
+            return np.asarray(mixed / norm if norm > 0 else image_vec, dtype=np.float32)
         vec = image_vec if image_vec is not None else text_vec
         assert vec is not None
-        return vec
+        return np.asarray(vec, dtype=np.float32)
 
     def build_query(self, request: SearchRequest, dense: np.ndarray | None = None) -> HybridQuery:
         """The engine query :meth:`search` sends for ``request``: every signal's candidates, the whole window."""
         return self._prepare(request, dense)[0]
 
-    def _prepare(
-        self, request: SearchRequest, dense: np.ndarray | None
-    ) -> tuple[HybridQuery, _Plan, list[_rules.Rule]]:
+    def _prepare(self, request: SearchRequest, dense: np.ndarray | None) -> tuple[HybridQuery, _Plan, list[Rule]]:
         info = self.index_info()
         plan = self._check_window(request, info)
         if dense is None and (request.weights.image > 0 or request.weights.text > 0):
@@ -610,13 +608,13 @@ class HybridSearcher:
         return SearchResponse(
             hits=hits,
             fusion=frozen.fusion,
-            fused_by=frozen.fused_by,  # type: ignore[arg-type]
+            fused_by=frozen.fused_by,
             took_ms=(time.perf_counter() - started) * 1000.0,
             total=frozen.total,
             facets=frozen.facets,
             facets_stats=frozen.facets_stats,
             facet_scope=frozen.facet_scope,
-            facets_count=frozen.facets_count,  # type: ignore[arg-type]
+            facets_count=frozen.facets_count,
             collapsed_by=frozen.collapsed_by,
             rules_applied=frozen.rules_applied,
             next_cursor=next_cursor,

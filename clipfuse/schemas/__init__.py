@@ -25,6 +25,7 @@ from clipfuse.schemas.search import (
     SignalScores,
     Weights,
     parse_filter,
+    parse_weights,
 )
 
 __all__ = [
@@ -52,4 +53,5 @@ __all__ = [
     "format_validation_error",
     "parse_document",
     "parse_filter",
+    "parse_weights",
 ]

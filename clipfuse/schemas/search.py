@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clipfuse.errors import InvalidQuery
 from clipfuse.schemas import limits as L
@@ -41,6 +41,7 @@ __all__ = [
     "parse_date",
     "parse_duration",
     "parse_filter",
+    "parse_weights",
 ]
 
 FusionMethod = Literal["rrf", "dbsf", "linear", "zscore"]
@@ -172,6 +173,39 @@ def _parse_value(text: str) -> Scalar:
     return number if math.isfinite(number) else text
 
 
+def parse_weights(spec: str | None) -> Weights:
+    """Parse ``image=W,text=W,bm25=W`` (any subset; the others keep their default 1) into :class:`Weights`.
+
+    The one reader of the weights the CLI, the service's form fields and the Algolia
+    ``clipfuseWeights`` parameter take. Blank: the defaults. A part that is not
+    ``SIGNAL=NUMBER`` or a weight out of range is an :class:`InvalidQuery` naming it.
+    """
+    if spec is None or not spec.strip():
+        return Weights()
+    values: dict[str, float] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        name, _, number = part.partition("=")
+        name = name.strip()
+        if name not in SIGNALS:
+            raise InvalidQuery(
+                f"weights: cannot read {part.strip()[:60]!r}; write image=W,text=W,bm25=W, e.g. image=1,text=0.5 "
+                f"(signals: {', '.join(SIGNALS)})"
+            )
+        try:
+            values[name] = float(number)
+        except ValueError:
+            raise InvalidQuery(
+                f"weights: cannot read {part.strip()[:60]!r}: {name} needs a number; write image=W,text=W,bm25=W"
+            ) from None
+    try:
+        return Weights(**values)
+    except ValidationError as e:
+        detail = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise InvalidQuery(f"weights: {detail}") from None
+
+
 def parse_filter(expression: str) -> FilterCondition:
     """Parse the CLI's filter language into a :class:`FilterCondition`.
 
@@ -202,7 +236,7 @@ def parse_filter(expression: str) -> FilterCondition:
     else:
         value = _parse_value(raw)
     try:
-        return FilterCondition(field=name, op=op, value=value)  # type: ignore[arg-type]
+        return FilterCondition(field=name, op=op, value=value)
     except ValueError as e:
         raise InvalidQuery(f"filter {expression!r}: {e}") from None
 

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlencode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from clipfuse.errors import InvalidQuery
-from clipfuse.schemas import FieldType, FilterCondition, FilterExpr, FilterGroup, Hit, Weights
+from clipfuse.schemas import FieldType, FilterCondition, FilterExpr, FilterGroup, Hit, Weights, parse_weights
 from clipfuse.schemas import limits as L
 
 __all__ = [
@@ -219,12 +219,11 @@ class AlgoliaParams(BaseModel):
     @field_validator("clipfuseWeights", mode="before")
     @classmethod
     def _weights(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            parts: dict[str, Any] = {}
-            for part in value.split(","):
-                name, _, number = part.partition("=")
-                parts[name.strip()] = number.strip()
-            return parts
+        if isinstance(value, str):  # "image=1,text=0.5": the one weights syntax (parse_weights)
+            try:
+                return parse_weights(value)
+            except InvalidQuery as e:
+                raise ValueError(e.message) from None
         return value
 
     @property

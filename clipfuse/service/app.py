@@ -44,7 +44,16 @@ from clipfuse.errors import (
 )
 from clipfuse.images import ImageLimits, ImageLoader
 from clipfuse.plugin.protocol import Aliased, Embedded, Warmable, is_embedded
-from clipfuse.schemas import Document, Hit, ImageSource, SearchRequest, SearchResponse, Weights, parse_filter
+from clipfuse.schemas import (
+    Document,
+    Hit,
+    ImageSource,
+    SearchRequest,
+    SearchResponse,
+    Weights,
+    parse_filter,
+    parse_weights,
+)
 from clipfuse.schemas import limits as L
 from clipfuse.schemas.search import Variant
 from clipfuse.service.algolia_api import algolia_router
@@ -185,23 +194,10 @@ def _clean_errors(errors: list[Any]) -> list[dict[str, Any]]:
 
 
 def _parse_weights(spec: str | None) -> Weights:
-    if not spec or not spec.strip():
-        return Weights()
-    values: dict[str, float] = {}
-    for part in spec.split(","):
-        name, _, number = part.partition("=")
-        try:
-            if name.strip() not in ("image", "text", "bm25"):
-                raise ValueError
-            values[name.strip()] = float(number)
-        except ValueError:
-            raise HTTPException(
-                422, f"weights: cannot read {part.strip()[:60]!r}; write image=W,text=W,bm25=W, e.g. image=1,text=0.5"
-            ) from None
     try:
-        return Weights(**values)
-    except ValidationError as e:
-        raise HTTPException(422, f"weights: {_readable(e.errors())}") from None
+        return parse_weights(spec)
+    except InvalidQuery as e:
+        raise HTTPException(422, e.message) from None
 
 
 def _redact_url(url: str) -> str:
