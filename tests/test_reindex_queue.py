@@ -188,3 +188,56 @@ def test_reindex_through_the_queue_and_back_while_a_producer_updates_and_deletes
         "every id's last version in both indexes"
     )
     print(there.stdout, there.stderr[-3000:], back.stdout, sep="\n")
+
+
+def test_worker_killed_during_a_queued_reindex_then_restarted_finishes_it(
+    queue_env_factory: Any, queue_catalog: list[dict[str, Any]], weak_model: Path
+) -> None:
+    """SIGKILL of the worker in the middle of the copy: the command keeps waiting, the restarted worker
+    gets the unacknowledged step again, and the re-index finishes with every document, id by id;
+    meanwhile the alias never left the old index."""
+    import re
+    import signal
+
+    env = queue_env_factory("redis", embedded=True)
+    worker = env.start_worker()
+    worker.wait_ready()
+    assert enqueue(queue_catalog, settings=env.settings(), app=env.app(), chunk_size=10).accepted == 120
+    env.wait_drained(worker, documents=120, timeout=180)
+
+    args = ["reindex", "--queue", "--model", f"local-dir:{weak_model}", "--page-size", "8", "--timeout", "400"]
+    command = subprocess.Popen(
+        [sys.executable, "-m", "clipfuse.cli", *args],
+        env={**env.env(), "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        found = worker.wait_for(r"re-index: (\d+) of 120 documents done", count=5, timeout=240, poll=0.01)
+        worker.signal(signal.SIGKILL)
+        worker.wait_exit(10)
+        done_at_kill = int(found.group(1))
+        assert done_at_kill < 120, "the copy ended before the kill"
+        record, indexes = _index_contents(env.store, env.index)
+        assert record["building"] and record["target"] != record["building"]  # nothing swapped yet
+        old = record["target"]
+
+        restarted = env.start_worker()
+        restarted.wait_ready()
+        stdout, stderr = command.communicate(timeout=400)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 0, stdout + stderr
+    assert "swapped" in stdout and "re-embedded" in stdout, stdout
+    restarted.stop()
+    resumed = [int(m) for m in re.findall(r"re-index: (\d+) of 120 documents done", restarted.log())]
+    assert resumed and min(resumed) > 8, resumed  # the restarted worker went on from a later page
+
+    record, indexes = _index_contents(env.store, env.index)
+    assert record["previous"] == old and indexes[record["target"]]["model"] == f"local-dir:{weak_model}"
+    new_docs, old_docs = indexes[record["target"]]["docs"], indexes[old]["docs"]
+    assert set(new_docs) == set(old_docs) == {d["id"] for d in queue_catalog}
+    assert new_docs == old_docs  # id by id, payload by payload
+    print(f"\n[queue re-index, SIGKILL] killed after {done_at_kill} of 120; resumed at {min(resumed)}; swapped")
