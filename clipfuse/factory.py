@@ -192,6 +192,7 @@ def build_indexer(
         batch_size=settings.batch_size,
         load_workers=settings.images.load_workers,
         reduced_jpeg_decode=settings.images.reduced_jpeg_decode,
+        device_decode=settings.images.device_decode,
     )
 
 

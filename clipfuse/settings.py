@@ -98,6 +98,12 @@ class ImageSettings(BaseModel):
         description="decode JPEGs at least twice the model's input at 1/2-1/8 scale (libjpeg DCT scaling): "
         "2-4x faster decoding, cosine >= 0.99 to the full decode",
     )
+    device_decode: bool | None = Field(
+        None,
+        description="decode JPEGs on the model's device (nvjpeg on CUDA) in a batched resize / crop / normalise; "
+        "what it cannot decode (PNG, WebP, progressive, CMYK) goes the CPU way in the same batch. "
+        "Default: on when an OpenCLIP model runs on CUDA",
+    )
 
 
 class QdrantSettings(BaseModel):

@@ -3,7 +3,9 @@ libjpeg decode, batched torch resize) and on CUDA in scripts/gpu_check.sh (nvjpe
 
 from __future__ import annotations
 
+import base64
 import io
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,11 @@ from PIL import Image
 from clipfuse.bench.images import synthetic_jpegs
 from clipfuse.embedding.gpu_decode import DeviceJpegEmbedder, device_decodable, jpeg_header
 from clipfuse.embedding.openclip import OpenClipEmbedder
+from clipfuse.errors import ConfigurationError
 from clipfuse.images import ImageLimits, ImageLoader
+from clipfuse.ingest.pipeline import Indexer
+from clipfuse.plugin.protocol import IndexedDocument, IndexInfo
+from clipfuse.settings import Settings
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work and are what nvjpeg runs under
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -164,3 +170,93 @@ def test_on_cuda_matches_the_cpu(demo_embedder: Any, photos: list[bytes], odd_im
     assert [len(b.rows) for b in streamed] == [4, len(blobs) - 4]
     truncated = photos[1][: len(photos[1]) // 2]
     assert DeviceJpegEmbedder(gpu).embed([photos[0], truncated]).rows[:1] == [0]
+
+
+# --------------------------------------------------------------------------- the ingest path
+class _Capture:
+    """A backend that keeps the documents it is given (the vectors are what these tests compare)."""
+
+    lexical = "sparse"
+
+    def __init__(self) -> None:
+        self.docs: dict[str, IndexedDocument] = {}
+
+    def ensure_schema(self, *, dim: int, model: str | None) -> None:
+        pass
+
+    def index_info(self) -> IndexInfo | None:
+        return None
+
+    def register_fields(self, fields: Mapping[str, Any]) -> None:
+        pass
+
+    def upsert(self, documents: Sequence[IndexedDocument]) -> dict[str, str]:
+        self.docs.update((d.id, d) for d in documents)
+        return {}
+
+
+def _index(embedder: Any, docs: list[dict[str, Any]], *, device_decode: bool | None) -> tuple[_Capture, Any, Indexer]:
+    backend = _Capture()
+    indexer = Indexer(embedder, backend, batch_size=16, load_workers=2, device_decode=device_decode)  # type: ignore[arg-type]
+    try:
+        return backend, indexer.index(docs), indexer
+    finally:
+        indexer.close()
+
+
+def test_the_indexer_decodes_on_the_device_with_the_pil_paths_vectors(
+    demo_embedder: Any, demo_documents: list[dict[str, Any]]
+) -> None:
+    """device_decode=True on the CPU runs the ingest's device path (torchvision's libjpeg, one batched
+    resize / crop / normalise per image size) end to end: the vectors of the PIL path (reduced
+    decoding, open_clip's resize in the loader's threads) within cosine 0.99, on the demo catalog."""
+    pil, pil_report, pil_indexer = _index(demo_embedder, demo_documents, device_decode=False)
+    dev, dev_report, dev_indexer = _index(demo_embedder, demo_documents, device_decode=True)
+    assert pil_report.indexed == dev_report.indexed == len(demo_documents) and not dev_report.rejected
+    assert pil_indexer._device_decoder() is None  # off: the loader's threads decode with PIL
+    assert dev_indexer.decoded == {"device": len(demo_documents), "cpu": 0}
+    cosine = [float(pil.docs[d].image_vector @ dev.docs[d].image_vector) for d in pil.docs]  # type: ignore[operator]
+    assert min(cosine) >= 0.99, sorted(cosine)[:5]
+    assert max(cosine) < 1.0 - 1e-7 or min(cosine) < 1.0 - 1e-7  # two decoders, not the same path twice
+    for d in pil.docs:  # only the image path differs
+        np.testing.assert_array_equal(pil.docs[d].text_vector, dev.docs[d].text_vector)  # type: ignore[arg-type]
+
+
+def test_the_indexer_sends_what_the_device_cannot_decode_the_cpu_way_in_the_same_batch(
+    demo_embedder: Any, photos: list[bytes], odd_images: dict[str, bytes]
+) -> None:
+    """One batch: sequential JPEGs on the device; progressive, CMYK, PNG and WebP the CPU way (in the
+    loader's threads); a truncated JPEG (the device decoder takes its header, then fails) goes the
+    CPU way too, which cannot read it either: its document alone is rejected, as on the PIL path."""
+    truncated = photos[1][: len(photos[1]) // 2]
+    blobs = {"a": photos[0], "b": odd_images["progressive"], "c": odd_images["cmyk"], "d": truncated}
+    blobs |= {"e": odd_images["png"], "f": odd_images["webp"], "g": photos[2], "h": odd_images["grey"]}
+    docs = [
+        {"id": key, "title": f"product {key}", "images": [{"data": base64.b64encode(data).decode()}]}
+        for key, data in blobs.items()
+    ]
+    docs.append({"id": "two", "title": "two images", "images": [{"data": base64.b64encode(photos[3]).decode()}] * 2})
+    pil, pil_report, _ = _index(demo_embedder, docs, device_decode=False)
+    dev, dev_report, indexer = _index(demo_embedder, docs, device_decode=True)
+    assert [(r.id, r.stage, r.code) for r in dev_report.rejected] == [("d", "load", "image_unreadable")]
+    assert [(r.id, r.stage) for r in pil_report.rejected] == [("d", "load")]
+    assert "image 1 of 1" in dev_report.rejected[0].reason
+    assert sorted(dev.docs) == sorted(pil.docs) == ["a", "b", "c", "e", "f", "g", "h", "two"]
+    # a, g, h and both images of 'two' decoded on the device; b, c, e, f the CPU way (the truncated d: neither)
+    assert indexer.decoded == {"device": 5, "cpu": 4}
+    for d in dev.docs:
+        assert float(pil.docs[d].image_vector @ dev.docs[d].image_vector) >= 0.99, d  # type: ignore[operator]
+
+
+def test_device_decoding_defaults_to_the_models_device(demo_embedder: Any) -> None:
+    """Default (None): on only where an OpenCLIP model runs on CUDA; True for another embedder is refused."""
+    on_cpu = Indexer(demo_embedder, _Capture())  # type: ignore[arg-type]
+    assert (on_cpu._device_decoder() is not None) == (demo_embedder.device.type == "cuda")
+
+    class _PlainEmbedder:
+        dim, model_id, batch_size = 4, "plain", 8
+
+    with pytest.raises(ConfigurationError, match="needs an OpenCLIP embedder"):
+        Indexer(_PlainEmbedder(), _Capture(), device_decode=True)._device_decoder()  # type: ignore[arg-type]
+    assert Indexer(_PlainEmbedder(), _Capture())._device_decoder() is None  # type: ignore[arg-type]
+    assert Settings().images.device_decode is None

@@ -7,10 +7,11 @@ side (on a shared machine only ratios taken this way mean anything):
   tower on token ids already in memory): the ceiling.
 - **pipeline**: JPEG files on disk -> L2-normalised image vectors through the production
   :class:`~clipfuse.ingest.pipeline.Indexer` (reduced JPEG decoding, decode + resize in the
-  loader's threads overlapped with the forward, uint8 batching), upsert to a backend that
-  discards the vectors.
-- **ingest**: the whole ``Indexer`` (images + texts + BM25 + upsert to an embedded Qdrant Edge
-  store in a temporary folder), documents per second.
+  loader's threads overlapped with the forward, uint8 batching; PIL decoding, device decoding
+  off), upsert to a backend that discards the vectors.
+- **ingest**: the whole ``Indexer`` as production runs it (images + texts + BM25 + upsert to an
+  embedded Qdrant Edge store in a temporary folder; on CUDA the JPEGs are decoded on the device),
+  documents per second.
 - **baseline**, clip-retrieval style: a torch ``DataLoader`` whose worker processes open each
   file with PIL and apply open_clip's preprocess transform, then the forward (fp16 on CUDA,
   fp32 on the CPU) and L2 normalisation.
@@ -233,7 +234,8 @@ class _Bench:
         _sync(self.device)
         return clock.rate(len(tokens))
 
-    def _indexer(self, backend: Any) -> Any:
+    def _indexer(self, backend: Any, *, device_decode: bool | None = None) -> Any:
+        """The production Indexer; ``device_decode`` as its own (None: on when the model runs on CUDA)."""
         from clipfuse.images import ImageLoader
         from clipfuse.ingest.pipeline import Indexer
 
@@ -244,6 +246,7 @@ class _Bench:
             batch_size=self.ingest_batch,
             load_workers=self.config.load_workers,
             reduced_jpeg_decode=self.config.reduced_jpeg_decode,
+            device_decode=device_decode,
         )
 
     def _run_indexer(self, indexer: Any, docs: list[dict[str, Any]], phase: str) -> tuple[_Rate, dict[str, float]]:
@@ -267,7 +270,8 @@ class _Bench:
     def pipeline(self, files: list[Path]) -> tuple[_Rate, dict[str, float]]:
         backend = _DiscardBackend()
         docs = [{"id": f"i{i}", "images": [{"path": str(p)}]} for i, p in enumerate(files)]
-        rate, stages = self._run_indexer(self._indexer(backend), docs, "pipeline")
+        # the CPU-decode pipeline (PIL in the loader's threads); the ingest phase decodes as production does
+        rate, stages = self._run_indexer(self._indexer(backend, device_decode=False), docs, "pipeline")
         if backend.vectors != len(files):
             raise RuntimeError(f"pipeline produced {backend.vectors} vectors for {len(files)} images")
         return rate, stages

@@ -209,13 +209,26 @@ class DeviceJpegEmbedder:
         top, left = round((int(new_h) - crop) / 2.0), round((int(new_w) - crop) / 2.0)
         return batch[:, :, top : top + crop, left : left + crop].clamp_(0, 255)
 
-    def _cpu_prepare(self, data: bytes) -> torch.Tensor:
+    def _cpu_prepare(self, data: bytes, draft_size: int | None = None) -> torch.Tensor:
         """The CPU way: PIL decode (the loader's limits) + open_clip's own resize / crop -> (3, S, S) float 0..255."""
-        image = self.loader.decode(data)
-        prepared = self.embedder.prepare_image(image)
+        return self._from_prepared(self.embedder.prepare_image(self.loader.decode(data, draft_size=draft_size)))
+
+    @staticmethod
+    def _from_prepared(prepared: Any) -> torch.Tensor:
+        """:meth:`OpenClipEmbedder.prepare_image`'s uint8 HWC pixels -> (3, S, S) float 0..255."""
         if isinstance(prepared, np.ndarray):
             return torch.from_numpy(np.array(prepared, dtype=np.uint8)).permute(2, 0, 1).float()
         raise EmbeddingError("the CPU fallback needs the uint8 prepare path")  # pragma: no cover
+
+    def takes(self, data: bytes) -> bool:
+        """Whether these bytes go the device way (a sequential JPEG within the loader's limits);
+        the ingest pipeline's loader threads ask, and decode the rest the CPU way themselves."""
+        limits = self.loader.limits
+        return (
+            self.device_decode
+            and len(data) <= limits.max_bytes
+            and device_decodable(data, max_pixels=limits.max_pixels)
+        )
 
     def _decode_on_device(self, blobs: list[bytes]) -> list[torch.Tensor | None]:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -238,27 +251,35 @@ class DeviceJpegEmbedder:
                 results.append(None)
         return results
 
-    def prepare(self, blobs: Sequence[bytes]) -> DecodedBatch:
-        """Decode and preprocess one batch (device decode where it can, the CPU way for the rest)."""
+    def prepare(self, blobs: Sequence[bytes | np.ndarray], *, draft_size: int | None = None) -> DecodedBatch:
+        """Decode and preprocess one batch (device decode where it can, the CPU way for the rest).
+
+        An item may also be pixels the CPU way already prepared (:meth:`OpenClipEmbedder.prepare_image`'s
+        uint8 array: the ingest pipeline's loader threads prepare what :meth:`takes` refuses);
+        ``draft_size``: the reduced-size JPEG decoding the CPU way may use.
+        """
         limits = self.loader.limits
         failed: dict[int, str] = {}
         device_rows: list[int] = []
+        cpu: dict[int, torch.Tensor] = {}
         for i, data in enumerate(blobs):
-            if len(data) > limits.max_bytes:
+            if isinstance(data, np.ndarray):
+                cpu[i] = self._from_prepared(data)
+            elif len(data) > limits.max_bytes:
                 failed[i] = f"image is {len(data):,} bytes, over the limit of {limits.max_bytes:,}"
-            elif self.device_decode and device_decodable(data, max_pixels=limits.max_pixels):
+            elif self.takes(data):
                 device_rows.append(i)
         decoded: dict[int, torch.Tensor] = {}
         if device_rows:
-            for i, image in zip(device_rows, self._decode_on_device([blobs[i] for i in device_rows]), strict=True):
+            blobs_on_device = [blobs[i] for i in device_rows]
+            for i, image in zip(device_rows, self._decode_on_device(blobs_on_device), strict=True):  # type: ignore[arg-type]
                 if image is not None:
                     decoded[i] = image
-        cpu: dict[int, torch.Tensor] = {}
-        for i in range(len(blobs)):
-            if i in failed or i in decoded:
+        for i, data in enumerate(blobs):
+            if i in failed or i in decoded or i in cpu:
                 continue
             try:
-                cpu[i] = self._cpu_prepare(blobs[i])
+                cpu[i] = self._cpu_prepare(data, draft_size)  # type: ignore[arg-type]
             except InvalidDocument as e:
                 failed[i] = e.message
             except Exception as e:  # a broken image is reported, never raised
@@ -272,11 +293,11 @@ class DeviceJpegEmbedder:
             parts.append(self._resize_crop([decoded[i] for i in indices]))
             rows += indices
         if cpu:
-            host = torch.stack([cpu[i] for i in cpu])
+            host = torch.stack([cpu[i] for i in sorted(cpu)])
             if self.device.type == "cuda":
                 host = host.pin_memory()
             parts.append(host.to(self.device, non_blocking=True))
-            rows += list(cpu)
+            rows += sorted(cpu)
         if parts:
             pixels = (torch.cat(parts) - self._mean) / self._std
         else:
@@ -302,10 +323,10 @@ class DeviceJpegEmbedder:
             l2_normalize(features.float().cpu().numpy()), batch.rows, batch.failed, batch.on_device, batch.on_cpu
         )
 
-    def embed(self, blobs: Sequence[bytes]) -> EmbeddedBatch:
-        """One batch, no overlap."""
+    def embed(self, blobs: Sequence[bytes | np.ndarray], *, draft_size: int | None = None) -> EmbeddedBatch:
+        """One batch, no overlap (items as :meth:`prepare` takes them)."""
         with torch.inference_mode():
-            return self._forward(self.prepare(blobs))
+            return self._forward(self.prepare(blobs, draft_size=draft_size))
 
     def _prepare_on_stream(self, blobs: Sequence[bytes]) -> DecodedBatch:
         with torch.inference_mode():

@@ -25,7 +25,9 @@ queue's messages) are any iterable of raw documents.
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,18 +35,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL.Image import Image
 
 from clipfuse.embedding import Embedder, PreparingEmbedder, l2_normalize
-from clipfuse.errors import EmbeddingError, InvalidDocument
+from clipfuse.errors import ConfigurationError, EmbeddingError, InvalidDocument
 from clipfuse.images import ImageLoader
 from clipfuse.plugin.bm25 import Bm25Encoder, SparseVector
 from clipfuse.plugin.filters import field_type_of
 from clipfuse.plugin.protocol import Backend, IndexedDocument
 from clipfuse.schemas import Document, FieldType, IngestReport, Rejection, Stage, parse_document
+
+if TYPE_CHECKING:
+    from clipfuse.embedding.gpu_decode import DeviceJpegEmbedder
 
 __all__ = ["Indexer", "batched", "document_key", "document_payload", "last_versions"]
 
@@ -162,6 +167,16 @@ class Indexer:
     they are at least twice the model's input and preprocessing ends in one batched
     operation on the device.
 
+    ``device_decode`` (default: on when an OpenCLIP model runs on CUDA): the loader's threads
+    only read the JPEGs the device decoder takes (sequential JPEGs within the limits,
+    :meth:`DeviceJpegEmbedder.takes <clipfuse.embedding.gpu_decode.DeviceJpegEmbedder.takes>`)
+    and each model batch decodes them on the device (nvjpeg) and preprocesses them there in
+    one batched resize / crop / normalise; everything else (PNG, WebP, progressive or CMYK
+    JPEGs, over-limit images) is decoded the CPU way by the threads as before and joins the
+    same batch, as does a JPEG the device fails to decode. An image neither way can read
+    rejects its document alone (stage ``load``). ``True`` on the CPU runs the same code with
+    libjpeg (what the tests use).
+
     A document's precomputed ``vectors`` take the place of the model: with ``vectors.image``
     its images are neither loaded nor embedded (they stay in the payload as references), with
     ``vectors.text`` its text is not embedded (BM25 still encodes it). A given vector whose
@@ -179,6 +194,7 @@ class Indexer:
         batch_size: int = 64,
         load_workers: int = 8,
         reduced_jpeg_decode: bool = True,
+        device_decode: bool | None = None,
     ) -> None:
         self.embedder = embedder
         self.backend = backend
@@ -187,6 +203,12 @@ class Indexer:
         self.batch_size = batch_size
         self.load_workers = load_workers
         self.reduced_jpeg_decode = reduced_jpeg_decode
+        #: None: on when an OpenCLIP model runs on CUDA (see the class doc)
+        self.device_decode = device_decode
+        self._device: DeviceJpegEmbedder | None = None
+        self._device_resolved = False
+        #: with device decoding: images embedded after a device decode / after the CPU way
+        self.decoded = {"device": 0, "cpu": 0}
         #: seconds per stage since construction: the pool's CPU time summed over its threads
         #: (read / decode / preprocess) and the calling thread's wall time per stage (the rest)
         self.stage_totals: dict[str, float] = {}
@@ -284,11 +306,12 @@ class Indexer:
         # start loading images: read, decode (reduced JPEG when allowed), prepare, in the pool
         # (not for a document that brought its own image vector)
         prepare, _, draft = self._image_path()
+        device = self._device_decoder()
         needing = [item for item in items if item.doc.images and item.image_vector is None]
         if needing:
             pool = self._loader_pool()
             for item in needing:
-                item.future = pool.submit(self._load_one, item.doc, prepare, draft)
+                item.future = pool.submit(self._load_one, item.doc, prepare, draft, device)
         return _Pending(started, len(raws), items, rejected, stages)
 
     def _finish(self, pending: _Pending) -> IngestReport:
@@ -408,6 +431,33 @@ class Indexer:
             return embedder.prepare_image, embedder.embed_prepared, draft
         return _identity, embedder.embed_images, None  # embedders that take PIL images (tests, plugins)
 
+    def _device_decoder(self) -> DeviceJpegEmbedder | None:
+        """The device decoder when device decoding is on for this embedder (see the class doc)."""
+        if self._device_resolved:
+            return self._device
+        choice = self.device_decode
+        # OpenCLIP embedders only: an embedder of another kind never imported the module (nor torch)
+        openclip = sys.modules.get("clipfuse.embedding.openclip")
+        is_openclip = openclip is not None and isinstance(self.embedder, openclip.OpenClipEmbedder)
+        if choice is True and not is_openclip:
+            raise ConfigurationError(
+                f"device JPEG decoding needs an OpenCLIP embedder, not {type(self.embedder).__name__}: "
+                "set CLIPFUSE_IMAGES__DEVICE_DECODE=false"
+            )
+        if choice is None and not (is_openclip and self.embedder.device.type == "cuda"):  # type: ignore[attr-defined]
+            choice = False
+        if choice is not False:
+            from clipfuse.embedding.gpu_decode import DeviceJpegEmbedder
+
+            try:
+                self._device = DeviceJpegEmbedder(self.embedder, loader=self.loader)  # type: ignore[arg-type]
+            except ConfigurationError:
+                if choice is True:
+                    raise
+                log.info("device decoding is off: %s's preprocessing is not resize + crop", self.embedder.model_id)
+        self._device_resolved = True
+        return self._device
+
     def _loader_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
@@ -416,8 +466,16 @@ class Indexer:
                 )
             return self._pool
 
-    def _load_one(self, doc: Document, prepare: Callable[[Image], Any], draft: int | None) -> _Loaded | _Failed:
-        """Runs in the pool: every image of one document, or the reason it cannot be used."""
+    def _load_one(
+        self,
+        doc: Document,
+        prepare: Callable[[Image], Any],
+        draft: int | None,
+        device: DeviceJpegEmbedder | None = None,
+    ) -> _Loaded | _Failed:
+        """Runs in the pool: every image of one document, or the reason it cannot be used.
+
+        With ``device``, the JPEGs it takes stay bytes (decoded with their batch on the device)."""
         images = []
         read = decode = preprocess = 0.0
         for number, source in enumerate(doc.images, start=1):
@@ -426,6 +484,10 @@ class Indexer:
             try:
                 data = self.loader.read_bytes(source)
                 c1 = time.thread_time()
+                if device is not None and device.takes(data):
+                    images.append(data)
+                    read += c1 - c0
+                    continue
                 image = self.loader.decode(data, draft_size=draft)
                 c2 = time.thread_time()
             except InvalidDocument as e:
@@ -453,7 +515,10 @@ class Indexer:
         """Wait for each document's images in order; embed a group as soon as it fills a model batch
         (while the pool goes on with the next documents). Sets ``image_vector``; returns the items
         still standing."""
-        _, embed, _ = self._image_path()
+        _, embed, draft = self._image_path()
+        device = self._device_decoder()
+        if device is not None:
+            embed = functools.partial(self._embed_on_device, device, draft)
         group_size = max(1, int(getattr(self.embedder, "batch_size", 64)))
         failed: set[int] = set()
         group: list[_Item] = []
@@ -487,6 +552,18 @@ class Indexer:
         flush()
         return [item for item in items if item.position not in failed]
 
+    def _embed_on_device(self, device: DeviceJpegEmbedder, draft: int | None, images: Sequence[Any]) -> np.ndarray:
+        """Embed a group's images (JPEG bytes and CPU-prepared pixels) with the device decoder; an
+        image neither way could read raises :class:`_Unreadable` naming it (by its index)."""
+        batch = device.embed(images, draft_size=draft)
+        self.decoded["device"] += batch.on_device
+        self.decoded["cpu"] += batch.on_cpu
+        vectors = np.zeros((len(images), batch.vectors.shape[1]), dtype=batch.vectors.dtype)
+        vectors[batch.rows] = batch.vectors
+        if batch.failed:
+            raise _Unreadable(batch.failed, vectors)
+        return vectors
+
     def _embed_group(
         self,
         group: list[_Item],
@@ -496,15 +573,49 @@ class Indexer:
     ) -> None:
         try:
             self._split(group, embed([img for item in group for img in item.images]))
+        except _Unreadable as e:
+            # reject the documents with an image neither decoder could read; the others' vectors stand
+            start = 0
+            kept: list[_Item] = []
+            rows: list[int] = []
+            for item in group:
+                count = len(item.images)
+                if not self._reject_unreadable(item, e.failed, group, reject, failed):
+                    kept.append(item)
+                    rows.extend(range(start, start + count))
+                start += count
+            self._split(kept, e.vectors[rows])
         except EmbeddingError as e:
             # isolate the culprit(s): embed document by document
             log.warning("image batch failed (%s); retrying document by document", e)
             for item in group:
                 try:
                     self._split([item], embed(item.images))
+                except _Unreadable as unreadable:
+                    self._reject_unreadable(item, unreadable.failed, [item], reject, failed)
                 except EmbeddingError as err:
                     reject(item, InvalidDocument(str(err), code="embedding_failed"), "embed")
                     failed.add(item.position)
+
+    @staticmethod
+    def _reject_unreadable(
+        item: _Item, unreadable: Mapping[int, str], group: list[_Item], reject: _RejectFn, failed: set[int]
+    ) -> bool:
+        """Reject ``item`` if one of its images is in ``unreadable`` (indices into the group's images)."""
+        start = 0
+        for other in group:
+            if other is item:
+                break
+            start += len(other.images)
+        for number in range(1, len(item.images) + 1):
+            reason = unreadable.get(start + number - 1)
+            if reason is not None:
+                source = item.doc.images[number - 1].describe()[:200]
+                message = f"image {number} of {len(item.images)} ({source}): {reason}"
+                reject(item, InvalidDocument(message, code="image_unreadable"), "load")
+                failed.add(item.position)
+                return True
+        return False
 
     @staticmethod
     def _split(items: list[_Item], matrix: np.ndarray) -> None:
@@ -563,6 +674,17 @@ class Indexer:
             else:
                 written.append(item)
         return written
+
+
+class _Unreadable(Exception):
+    """Images of a group neither the device nor the CPU way could decode: index -> reason, and the
+    vectors of the others."""
+
+    def __init__(self, failed: dict[int, str], vectors: np.ndarray) -> None:
+        super().__init__(f"{len(failed)} unreadable image(s)")
+        self.failed = failed
+        #: the group's image vectors, row = image index (zeros for the failed ones)
+        self.vectors = vectors
 
 
 @contextmanager
