@@ -39,14 +39,11 @@ def status() -> Iterator[ReindexStatus]:
     store.close()
 
 
-def test_queued_steps_resume_drop_repeats_and_stale_jobs_and_swap(
-    tmp_path: Path, demo_catalog: Path, demo_embedder: Any, status: ReindexStatus
-) -> None:
+def _setup(tmp_path: Path, demo_catalog: Path, demo_embedder: Any, status: ReindexStatus) -> Any:
     from qdrant_client import QdrantClient
 
     alias = status.key.split(":")[1]
     base = demo_catalog.parent
-    docs = _docs(demo_catalog)[:30]
     embedders: dict[str, Any] = {**EMBEDDERS, demo_embedder.model_id: demo_embedder}
 
     def indexer_for(backend: Backend, model_id: str | None) -> Indexer:
@@ -54,14 +51,60 @@ def test_queued_steps_resume_drop_repeats_and_stale_jobs_and_swap(
 
     root = QdrantBackend(QdrantClient(path=str(tmp_path / "q")), alias)
     writer = AliasWriter(root, alias, indexer_for=indexer_for, default_model="toy-a", ttl_s=3600)
-    writer.index(docs[:25])
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     settings = settings.model_copy(
         update={"index": alias, "batch_size": 8, "model": settings.model.model_copy(update={"device": "cpu"})}
     )
     sent: list[dict[str, Any]] = []
     steps = QueueReindexer(settings, writer, embedders=embedders, publish=sent.append, status=status)
-    assert embedders[MODEL_A.model_id] is MODEL_A
+    return alias, root, writer, steps, sent
+
+
+def _run_all(steps: QueueReindexer, sent: list[dict[str, Any]]) -> None:
+    while sent:
+        steps.step(sent.pop(0))
+
+
+def test_a_queued_reindex_that_cannot_swap_is_refused_and_a_new_job_resumes_it(
+    tmp_path: Path, demo_catalog: Path, demo_embedder: Any, status: ReindexStatus
+) -> None:
+    import base64
+
+    alias, root, writer, steps, sent = _setup(tmp_path, demo_catalog, demo_embedder, status)
+    docs = _docs(demo_catalog)[:10]
+    image = (demo_catalog.parent / docs[0]["images"][0]["path"]).read_bytes()
+    inline = {"id": "inline-1", "title": "an inline photo", "images": [{"data": base64.b64encode(image).decode()}]}
+    writer.index([*docs, inline])
+
+    first = ReindexSpec(job="job-1", model="clipfuse-demo", page_size=4, images_root=str(demo_catalog.parent))
+    status.start(first)
+    sent.append(step_message(first, "prepare", 0))
+    _run_all(steps, sent)
+    refused = status.read()
+    assert refused["state"] == "refused" and "1 missing" in refused["error"], refused
+    assert [(r["id"], r["code"]) for r in refused["rejected"]] == [("inline-1", "image_not_kept")]
+    assert root.read_alias(alias).target == physical_name(alias, "toy-a")  # type: ignore[union-attr]
+
+    writer.index_batch([{**inline, "images": docs[0]["images"]}])  # sent again by path: both indexes
+    second = ReindexSpec(job="job-2", model="clipfuse-demo", page_size=4, images_root=str(demo_catalog.parent))
+    status.start(second)
+    sent.append(step_message(second, "prepare", 0))
+    _run_all(steps, sent)
+    done = status.read()
+    assert done["state"] == "swapped" and done["copied"] == 0 and done["skipped"] == 11, done  # resumed
+    assert "resume" in done["plan"][0]
+    steps.close()
+    writer.close()
+
+
+def test_queued_steps_resume_drop_repeats_and_stale_jobs_and_swap(
+    tmp_path: Path, demo_catalog: Path, demo_embedder: Any, status: ReindexStatus
+) -> None:
+    alias, root, writer, steps, sent = _setup(tmp_path, demo_catalog, demo_embedder, status)
+    base = demo_catalog.parent
+    docs = _docs(demo_catalog)[:30]
+    writer.index(docs[:25])
+    assert steps.embedders[MODEL_A.model_id] is MODEL_A
 
     spec = ReindexSpec(job="job-2", model="clipfuse-demo", page_size=8, images_root=str(base))
     status.start(spec)
