@@ -26,10 +26,23 @@ pytest_plugins = ["conftest_queue"]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _clipfuse(env: Any, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+#: the environment of every process (worker, command) per embedded engine, besides conftest_queue's
+ENGINES: dict[str, dict[str, str]] = {"qdrant-local": {}, "qdrant-edge": {"CLIPFUSE_BACKEND": "qdrant-edge"}}
+
+
+def _engine_env(env: Any, engine: str) -> dict[str, str]:
+    extra = dict(ENGINES[engine])
+    if engine == "qdrant-edge":
+        extra["CLIPFUSE_EDGE__PATH"] = str(env.store)
+    return extra
+
+
+def _clipfuse(
+    env: Any, *args: str, timeout: float = 600, engine: str = "qdrant-local"
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "clipfuse.cli", *args],
-        env={**env.env(), "COLUMNS": "200"},
+        env={**env.env(**_engine_env(env, engine)), "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -84,15 +97,24 @@ class Producer(threading.Thread):
         return {"upsert": ops.count("upsert"), "delete": ops.count("delete")}
 
 
-def _index_contents(store: Path, alias: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _index_contents(
+    store: Path, alias: str, engine: str = "qdrant-local"
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """(alias record, {physical index: {doc id: payload}}) of every index behind ``alias``."""
-    from qdrant_client import QdrantClient
+    from clipfuse.plugin.protocol import Aliased
 
-    from clipfuse.plugin.qdrant import QdrantBackend
+    if engine == "qdrant-edge":
+        from clipfuse.plugin.edge import EdgeBackend
 
-    client = QdrantClient(path=str(store))
+        root: Any = EdgeBackend(store, alias)
+    else:
+        from qdrant_client import QdrantClient
+
+        from clipfuse.plugin.qdrant import QdrantBackend
+
+        root = QdrantBackend(QdrantClient(path=str(store)), alias)
+    assert isinstance(root, Aliased)
     try:
-        root = QdrantBackend(client, alias, owns_client=False)
         record = root.read_alias(alias)
         assert record is not None
         out: dict[str, dict[str, Any]] = {}
@@ -109,15 +131,16 @@ def _index_contents(store: Path, alias: str) -> tuple[dict[str, Any], dict[str, 
                     break
             info = backend.index_info()
             out[name] = {"model": info.model if info else None, "docs": docs}
+            if backend is not root:
+                backend.close()
         return record.to_json(), out
     finally:
-        client.close()
+        root.close()
 
 
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_reindex_through_the_queue_and_back_while_a_producer_updates_and_deletes(
-    tmp_path: Path,
-    queue_env_factory: Any,
-    weak_model: Path,
+    tmp_path: Path, queue_env_factory: Any, weak_model: Path, engine: str
 ) -> None:
     from clipfuse.eval.cli import _demo_inputs
 
@@ -129,7 +152,7 @@ def test_reindex_through_the_queue_and_back_while_a_producer_updates_and_deletes
         for image in doc["images"]:
             image["path"] = str(catalog.parent / image["path"])
 
-    worker = env.start_worker()
+    worker = env.start_worker(**_engine_env(env, engine))
     worker.wait_ready()
     assert enqueue(docs, settings=env.settings(), app=env.app(), chunk_size=10).accepted == 120
     env.wait_drained(worker, documents=120, timeout=180)
@@ -141,7 +164,9 @@ def test_reindex_through_the_queue_and_back_while_a_producer_updates_and_deletes
 
     # 1. to the weak checkpoint, through the worker (forced past the gate, whose table it prints)
     started = time.monotonic()
-    there = _clipfuse(env, "reindex", "--queue", "--model", f"local-dir:{weak_model}", *gate, "--tolerance", "1")
+    there = _clipfuse(
+        env, "reindex", "--queue", "--model", f"local-dir:{weak_model}", *gate, "--tolerance", "1", engine=engine
+    )
     first = (started, time.monotonic())
     assert "evaluation gate" in there.stdout and "RRF k=60 <- gate" in there.stdout, there.stdout
     assert "swapped" in there.stdout, there.stdout
@@ -149,11 +174,11 @@ def test_reindex_through_the_queue_and_back_while_a_producer_updates_and_deletes
     # 2. prune the demo index (the worker holds the store: stopped for it; the producer goes on, the
     #    queue keeps what it sends), then back to the demo model, gated
     worker.stop()
-    _clipfuse(env, "alias", "prune")
-    worker = env.start_worker()
+    _clipfuse(env, "alias", "prune", engine=engine)
+    worker = env.start_worker(**_engine_env(env, engine))
     worker.wait_ready()
     started = time.monotonic()
-    back = _clipfuse(env, "reindex", "--queue", "--model", "clipfuse-demo", *gate)
+    back = _clipfuse(env, "reindex", "--queue", "--model", "clipfuse-demo", *gate, engine=engine)
     second = (started, time.monotonic())
     assert "gate passed" in back.stdout and "swapped" in back.stdout, back.stdout
 
@@ -167,7 +192,7 @@ def test_reindex_through_the_queue_and_back_while_a_producer_updates_and_deletes
     log = worker.log()
     assert "Traceback" not in log, worker.tail(80)
 
-    record, indexes = _index_contents(env.store, env.index)
+    record, indexes = _index_contents(env.store, env.index, engine)
     assert indexes[record["target"]]["model"] == "clipfuse-demo"
     assert indexes[record["previous"]]["model"] == f"local-dir:{weak_model}"
     expected = {doc_id: doc for doc_id, doc in producer.expected.items() if doc is not None}
@@ -182,7 +207,7 @@ def test_reindex_through_the_queue_and_back_while_a_producer_updates_and_deletes
     during = producer.during(*first), producer.during(*second)
     assert all(d["upsert"] and d["delete"] for d in during), during
     print(
-        f"\n[queue re-index] producer sent {sent} messages ({sum(1 for _, op, _ in producer.sent if op == 'delete')} "
+        f"\n[queue re-index, {engine}] producer sent {sent} messages ({sum(1 for _, op, _ in producer.sent if op == 'delete')} "
         f"deletes); during the re-index to the weak model: {during[0]} in {first[1] - first[0]:.1f}s, back: "
         f"{during[1]} in {second[1] - second[0]:.1f}s; final: {len(expected)} documents, {len(deleted)} deleted, "
         "every id's last version in both indexes"
