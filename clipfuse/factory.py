@@ -240,11 +240,7 @@ def model_settings_for_index(settings: Settings, recorded_model: str | None, *, 
     """Use the model recorded in the index unless the user chose one explicitly."""
     if explicit or not recorded_model:
         return settings.model
-    name, pretrained = recorded_model, None
-    if not recorded_model.startswith(("hf-hub:", "local-dir:")) and "/" in recorded_model:
-        name, pretrained = recorded_model.rsplit("/", 1)
-        if pretrained == "random-init":
-            pretrained = None
+    name, pretrained = embedding.split_model_id(recorded_model)
     return settings.model.model_copy(update={"name": name, "pretrained": pretrained})
 
 

@@ -70,6 +70,32 @@ def test_construction_does_no_io() -> None:
     assert embedder.model_id == "ViT-B-32/laion2b_s34b_b79k"
 
 
+@pytest.mark.parametrize(
+    ("name", "pretrained"),
+    [
+        ("ViT-B-32", "laion2b_s34b_b79k"),
+        ("ViT-B-32", "/abs/path/to/epoch_5.pt"),  # a checkpoint file: the id is ViT-B-32//abs/path/...
+        ("ViT-B-32", "relative/ckpt.pt"),
+        ("ViT-B-32", None),  # random-init
+        ("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", None),
+        ("local-dir:/models/my-finetune", None),
+    ],
+)
+def test_a_recorded_model_id_gives_back_its_model(name: str, pretrained: str | None) -> None:
+    """What clipfuse search / index read back from an index is the model that wrote it, checkpoint paths
+    included (the id splits at its first '/', not its last)."""
+    from clipfuse.embedding import split_model_id
+    from clipfuse.embedding.openclip import OpenClipEmbedder
+    from clipfuse.factory import model_settings_for_index
+    from clipfuse.settings import Settings
+
+    model_id = OpenClipEmbedder(name, pretrained=pretrained).model_id
+    assert split_model_id(model_id) == (name, pretrained)
+    chosen = model_settings_for_index(Settings(), model_id, explicit=False)
+    assert (chosen.name, chosen.pretrained) == (name, pretrained)
+    assert OpenClipEmbedder(chosen.name, pretrained=chosen.pretrained).model_id == model_id
+
+
 def test_local_checkpoint_file_with_a_registered_config(tmp_path: Path, demo_embedder: Any) -> None:
     """The real-weights path: an open_clip model name plus a local checkpoint file."""
     import open_clip

@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
     from clipfuse.settings import ModelSettings
 
-__all__ = ["Embedder", "PreparingEmbedder", "build_embedder", "l2_normalize"]
+__all__ = ["RANDOM_INIT", "Embedder", "PreparingEmbedder", "build_embedder", "l2_normalize", "split_model_id"]
+
+#: the ``pretrained`` part of a model id whose weights were not loaded from anywhere
+RANDOM_INIT = "random-init"
 
 
 @runtime_checkable
@@ -55,6 +58,20 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     out = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(out, axis=-1, keepdims=True)
     return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+
+
+def split_model_id(model_id: str) -> tuple[str, str | None]:
+    """``(name, pretrained)`` of a recorded model id, the inverse of ``OpenClipEmbedder.model_id``.
+
+    An id is ``<name>/<pretrained>`` (``ViT-B-32/laion2b_s34b_b79k``, ``ViT-B-32//ckpt/epoch_5.pt``
+    for a checkpoint file, ``ViT-B-32/random-init``), or the name alone for ``hf-hub:`` /
+    ``local-dir:`` models and the demo model. An open_clip name holds no ``/``, a checkpoint
+    path may: the id splits at its first ``/``.
+    """
+    if model_id.startswith(("hf-hub:", "local-dir:")) or "/" not in model_id:
+        return model_id, None
+    name, pretrained = model_id.split("/", 1)
+    return name, None if pretrained == RANDOM_INIT else pretrained
 
 
 def build_embedder(settings: ModelSettings) -> Embedder:

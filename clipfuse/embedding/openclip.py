@@ -27,7 +27,7 @@ import torch
 from PIL.Image import Image
 from torchvision.transforms import Normalize, ToTensor
 
-from clipfuse.embedding import l2_normalize
+from clipfuse.embedding import RANDOM_INIT, l2_normalize
 from clipfuse.errors import ConfigurationError, EmbeddingError
 
 __all__ = ["OpenClipEmbedder", "Prepared", "model_fingerprint", "resolve_model_name"]
@@ -113,7 +113,7 @@ class OpenClipEmbedder:
         resolved = resolve_model_name(self.name)
         if resolved.startswith(("local-dir:", "hf-hub:")):
             return self.name
-        return f"{self.name}/{self.pretrained or 'random-init'}"
+        return f"{self.name}/{self.pretrained or RANDOM_INIT}"  # split back by clipfuse.embedding.split_model_id
 
     @property
     def fingerprint(self) -> str:
