@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -75,10 +76,10 @@ def progress() -> Progress:
 def print_report(report: IngestReport, report_path: Path | None) -> None:
     """An ingest report: counts and stage times, the first 50 rejections; the whole report as JSON
     at ``report_path`` when given."""
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
     console.print(
         f"[bold green]{report.indexed}[/] indexed, [bold {'red' if report.rejected else 'green'}]"
-        f"{len(report.rejected)}[/] rejected in {report.seconds:.1f}s "
-        f"({', '.join(f'{k} {v:.1f}s' for k, v in report.stage_seconds.items())})"
+        f"{len(report.rejected)}[/] rejected in {report.seconds:.1f}s" + (f" ({stages})" if stages else "")
     )
     if report.rejected:
         table = Table("line", "id", "stage", "code", "reason", title="rejected documents", show_lines=False)
@@ -93,15 +94,50 @@ def print_report(report: IngestReport, report_path: Path | None) -> None:
         console.print(f"full report written to {markup_safe(report_path)}")
 
 
+#: below this many columns the attributes go under the title instead of in a column of their own
+WIDE_TABLE = 120
+_TEXT_FIELDS = ("title", "caption", "description", "images")
+
+
+def _attributes(payload: dict[str, Any], limit: int) -> str:
+    """``k=v, k=v, ...`` of a hit's attributes, cut after the last whole ``k=v`` that fits ``limit``."""
+    items = [f"{k}={v}" for k, v in payload.items() if k not in _TEXT_FIELDS]
+    out = ""
+    for item in items:
+        piece = f", {item}" if out else item
+        if len(out) + len(piece) > limit:
+            return f"{out}, …" if out else f"{item[: limit - 1]}…"
+        out += piece
+    return out
+
+
 def print_hits(response: SearchResponse, *, title: str, explain: bool = False) -> None:
     """A search response: one row per hit with each signal's score (and, with ``explain``, how the
-    score was made), then totals, facets and the next page's cursor."""
-    table = Table(title=title, title_justify="left")
-    for column in ("#", "id", "title", "attributes", "score", "image", "text", "bm25"):
-        table.add_column(column, overflow="fold")
+    score was made), then totals, facets and the next page's cursor.
+
+    Below :data:`WIDE_TABLE` columns (a terminal of 80, a pipe) the attributes are a dim line under
+    the title, cut at a whole ``k=v``, rather than a column folded into fragments."""
+    wide = console.width >= WIDE_TABLE
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD,
+        show_edge=wide,
+        pad_edge=wide,
+        collapse_padding=not wide,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("id", overflow="fold")
+    table.add_column("title" if wide else "title / attributes", ratio=1 if wide else None)
+    if wide:
+        table.add_column("attributes", ratio=1)
+    for column in ("score", "image", "text", "bm25"):
+        table.add_column(column, justify="right", no_wrap=True)
+    # what the attributes may take: about two lines of the title cell when narrow
+    attr_limit = 80 if wide else max(40, 2 * (console.width - 44))
     for hit in response.hits:
         p = hit.payload
-        attrs = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("title", "caption", "description", "images"))
+        attrs = _attributes(p, attr_limit)
 
         def fmt(v: float | None) -> str:
             return "-" if v is None else f"{v:.3f}"
@@ -113,16 +149,11 @@ def print_hits(response: SearchResponse, *, title: str, explain: bool = False) -
             marks.append(
                 f"[cyan]+{len(hit.variants)} variants: {markup_safe(', '.join(v.id for v in hit.variants[:4]))}[/]"
             )
-        table.add_row(
-            str(hit.rank),
-            markup_safe(hit.id),
-            markup_safe(str(p.get("title", ""))[:60]) + ("\n" + " ".join(marks) if marks else ""),
-            markup_safe(attrs[:80]),
-            f"{hit.score:.4f}",
-            fmt(hit.signals.image),
-            fmt(hit.signals.text),
-            fmt(hit.signals.bm25),
-        )
+        cell = markup_safe(str(p.get("title", ""))[:60]) + ("\n" + " ".join(marks) if marks else "")
+        if not wide and attrs:
+            cell += f"\n[dim]{markup_safe(attrs)}[/]"
+        scores = (f"{hit.score:.4f}", fmt(hit.signals.image), fmt(hit.signals.text), fmt(hit.signals.bm25))
+        table.add_row(str(hit.rank), markup_safe(hit.id), cell, *([markup_safe(attrs)] if wide else []), *scores)
         if explain and hit.explanation is not None:
             e = hit.explanation
             parts = [f"{name} #{s.rank} {s.raw:.3f} -> {s.contribution:+.4f}" for name, s in e.signals.items()]
@@ -130,7 +161,8 @@ def print_hits(response: SearchResponse, *, title: str, explain: bool = False) -
             if e.normalised is not None:
                 line += f"; normalised {e.normalised:.3f}"
                 line += "".join(f"; {b.boost} {b.contribution:+.3f}" for b in e.boosts)
-            table.add_row("", "", f"[dim]{markup_safe(line)} => {e.final:.4f}[/]", "", "", "", "", "")
+            blanks = [""] * (len(table.columns) - 3)
+            table.add_row("", "", f"[dim]{markup_safe(line)} => {e.final:.4f}[/]", *blanks)
     console.print(table)
     total = response.total
     summary = f"{response.fusion} fusion by the {response.fused_by}, {response.took_ms:.0f} ms"

@@ -49,7 +49,7 @@ def _app() -> typer.Typer:
 
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
-    outcome = CliRunner().invoke(_app(), [*TINY, "--json", "--quiet"])
+    outcome = CliRunner(env={"COLUMNS": "400"}).invoke(_app(), [*TINY, "--json", "--quiet"])
     assert outcome.exit_code == 0, outcome.output
     return json.loads(outcome.stdout)
 
@@ -138,7 +138,7 @@ def test_device_decode_pipeline(result: dict[str, Any]) -> None:
 
 
 def test_human_output_has_the_tables() -> None:
-    outcome = CliRunner().invoke(
+    outcome = CliRunner(env={"COLUMNS": "400"}).invoke(
         _app(), [*TINY[:-8], "--query-docs", "0", "--no-ingest", "--no-baseline", "-n", "8", "--repeats", "1"]
     )
     assert outcome.exit_code == 0, outcome.output

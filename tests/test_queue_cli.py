@@ -14,7 +14,7 @@ from clipfuse.workers.cli import app, worker_command
 
 pytest_plugins = ["conftest_queue"]
 
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "400"})
 
 
 def test_worker_command_wraps_celery_with_safe_defaults() -> None:

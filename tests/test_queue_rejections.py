@@ -69,7 +69,7 @@ def test_bad_documents_are_dead_lettered_alone_and_replayable(
         assert all(r.stage == "load" for k, r in letters.items() if k in ("bad-corrupt", "bad-url", "bad-missing"))
         assert letters["bad-corrupt"].document is not None  # kept for replay
 
-        runner = CliRunner()
+        runner = CliRunner(env={"COLUMNS": "400"})
         listed = runner.invoke(queue_cli, ["dead-letters", "list", "--index", env.index, "--json"], env=_cli_env(env))
         assert listed.exit_code == 0, listed.output
         rows = [json.loads(line) for line in listed.output.splitlines() if line.strip()]

@@ -795,7 +795,7 @@ def test_serve_command_is_registered() -> None:
 
     from clipfuse.cli import app
 
-    result = CliRunner().invoke(app, ["serve", "--help"])
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["serve", "--help"])
     assert result.exit_code == 0
     assert "--catalog-root" in result.output and "--port" in result.output
 
@@ -820,7 +820,9 @@ def test_serve_command_builds_the_app_from_its_options(tmp_path: Path, monkeypat
     monkeypatch.setattr(uvicorn, "run", lambda application, **kwargs: seen.update(run=kwargs))
     monkeypatch.delenv("CLIPFUSE_QDRANT__URL", raising=False)
     store = tmp_path / "demo" / "qdrant"
-    result = CliRunner().invoke(app, ["serve", "--port", "8123", "--store", str(store), "--index", "shop"])
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["serve", "--port", "8123", "--store", str(store), "--index", "shop"]
+    )
     assert result.exit_code == 0, result.output
     settings = seen["settings"]
     assert settings.index == "shop" and settings.embedded_store == store and settings.engine == "qdrant-edge"

@@ -151,6 +151,8 @@ def run_demo(directory: Path, *, size: int = 400, console: Console | None = None
     console.print(
         f"\nTry it yourself:\n  clipfuse search 'blue dotted scarf' --store {store}\n"
         f"  clipfuse search 'sneakers' --filter 'price<=80' --store {store} --json\n"
-        f"  clipfuse serve --store {store}      # web search page on http://127.0.0.1:8000/"
+        f"  clipfuse serve --store {store}      # web search page on http://127.0.0.1:8000/",
+        soft_wrap=True,  # a command stays on one line, to copy and paste
+        markup=False,
     )
     return figures
