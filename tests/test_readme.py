@@ -1,0 +1,76 @@
+"""The README's code that a user copies runs as written ("Query it with your own client").
+
+The Qdrant recipe is taken from README.md as it stands (the block after its ``tested by
+tests/test_readme.py`` marker) and run with plain qdrant-client against a qdrant-client local
+store of the demo catalog that clipfuse indexed; its top 10 must be ``clipfuse search``'s.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clipfuse.ingest.pipeline import Indexer
+from clipfuse.plugin import HybridSearcher
+from clipfuse.plugin.qdrant import QdrantBackend
+from clipfuse.schemas import FilterCondition, SearchRequest
+
+README = Path(__file__).parent.parent / "README.md"
+MARKER = "<!-- tested by tests/test_readme.py"
+
+
+def readme_block(marker: str) -> str:
+    """The first fenced code block after ``marker`` in README.md."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(marker)
+    match = re.compile(r"```\w*\n(.*?)```", re.S).search(text, start)
+    assert match is not None, f"no code block after {marker!r} in README.md"
+    return match.group(1)
+
+
+@pytest.fixture
+def recipe() -> Any:
+    code = readme_block(MARKER)
+    assert not re.search(r"^\s*(from|import)\s+clipfuse", code, re.M)  # the shop's own client, none of ours
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md (Query it with your own client)", "exec"), namespace)
+    return namespace["hybrid_search"]
+
+
+QUERIES = [
+    "red leather handbag",
+    "blue dotted scarf",
+    "striped sneakers",
+    "black wool coat",
+    "purple checked ankle boots",
+    "green cotton dress",
+]
+
+
+def test_the_qdrant_recipe_gives_clipfuse_top_10(
+    recipe: Any, qdrant_client: Any, collection_name: str, demo_embedder: Any, demo_documents: list[dict[str, Any]]
+) -> None:
+    from qdrant_client import models
+
+    report = Indexer(demo_embedder, QdrantBackend(qdrant_client, collection_name)).index(demo_documents)
+    assert report.indexed == len(demo_documents)
+    searcher = HybridSearcher(qdrant_client, collection=collection_name, embedder=demo_embedder)
+    cheap = models.Filter(must=[models.FieldCondition(key="price", range=models.Range(lte=120))])
+    for text in QUERIES:
+        vector = demo_embedder.embed_texts([text])[0].tolist()
+        ours = [h.id for h in searcher.search(SearchRequest(text=text, k=10)).hits]
+        assert len(ours) == 10
+        assert recipe(qdrant_client, collection_name, text, vector) == ours, text
+        filtered = [
+            h.id
+            for h in searcher.search(
+                SearchRequest(text=text, k=10, filters=[FilterCondition(field="price", op="lte", value=120)])
+            ).hits
+        ]
+        assert recipe(qdrant_client, collection_name, text, vector, filter=cheap) == filtered, text
+        weighted = SearchRequest(text=text, k=10, weights={"image": 1.0, "text": 0.5, "bm25": 2.0}, rrf_k=20)
+        expected = [h.id for h in searcher.search(weighted).hits]
+        assert recipe(qdrant_client, collection_name, text, vector, weights=(1.0, 0.5, 2.0), rrf_k=20) == expected
