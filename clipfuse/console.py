@@ -163,7 +163,10 @@ def print_hits(response: SearchResponse, *, title: str, explain: bool = False) -
                 line += "".join(f"; {b.boost} {b.contribution:+.3f}" for b in e.boosts)
             blanks = [""] * (len(table.columns) - 3)
             table.add_row("", "", f"[dim]{markup_safe(line)} => {e.final:.4f}[/]", *blanks)
-    console.print(table)
+    if response.hits:
+        console.print(table)
+    else:
+        console.print(f"{markup_safe(title)}: [bold]no hits[/] (check the filters: clipfuse info lists the fields)")
     total = response.total
     summary = f"{response.fusion} fusion by the {response.fused_by}, {response.took_ms:.0f} ms"
     if total is not None:

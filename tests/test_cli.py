@@ -50,6 +50,8 @@ def test_hits_table_reads_at_80_columns(store: Path) -> None:
         assert any(v == value.strip() or v.startswith(value.strip() + " ") for v in values[key]), (key, value)
     for hit in hits:
         assert hit["id"] in result.output and hit["payload"]["title"].split()[0] in result.output
+    nothing = runner.invoke(app, ["search", "red", "--filter", "price<0", "--store", str(store)])
+    assert nothing.exit_code == 0 and "no hits" in nothing.output and "┏" not in nothing.output  # no empty table
 
 
 def test_search_json_has_per_signal_scores(store: Path) -> None:

@@ -262,7 +262,8 @@ def enqueue(
     for rejection in result.refused:
         rejection.line = catalog.line_of(rejection.position)
     console.print(
-        f"[bold green]{result.accepted}[/] documents sent in {result.messages} messages to queue "
+        f"[bold green]{result.accepted}[/] document{'' if result.accepted == 1 else 's'} sent in {result.messages} "
+        f"message{'' if result.messages == 1 else 's'} to queue "
         f"[bold]{settings.broker.queue}[/] on {_safe(settings.broker.url)}; "
         f"[bold {'red' if result.refused else 'green'}]{len(result.refused)}[/] refused ({result.seconds:.1f}s)"
     )
