@@ -10,7 +10,8 @@ texts, HNSW built: what ``clipfuse bench`` builds; made once with ``--docs`` and
   swapped every other query), per round p50 / p95 with the load average, and the median of the
   rounds; with ``--encoder onnx`` the query text is encoded by ViT-B-32's text tower (random
   weights, ONNX Runtime fp32, no cache: the service's default), else the vector is given;
-  the engine call alone (``backend.search``) is timed beside them;
+  the engine call alone (``backend.search``) is timed beside them; ``cpu_p50``: the process's
+  CPU time per search (all threads), which moves less than wall time when other jobs load the cores;
 - **stages**: the share of each step of the search (wrapped with ``perf_counter``) over all
   queries, for both trees.
 
@@ -151,13 +152,15 @@ def main() -> None:
     rounds = []
     for r in range(args.rounds):
         times: dict[str, list[float]] = {label: [] for label in [*labels, "engine"]}
+        cpu: dict[str, list[float]] = {label: [] for label in labels}
         started_load = load()
         for j in range(args.queries):
             i = 20 + r * args.queries + j
             for label in labels if (i % 2) else labels[::-1]:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 run(label, i)
                 times[label].append((time.perf_counter() - t0) * 1000)
+                cpu[label].append((time.process_time() - c0) * 1000)
             first = next(iter(searchers.values()))
             dense = vectors[i] if embedder is None else embedder.embed_texts([texts[i]])[0]
             query = first.build_query(trees[labels[0]][1](text=texts[i], k=10), dense)
@@ -165,12 +168,18 @@ def main() -> None:
             backend.search(query)
             times["engine"].append((time.perf_counter() - t0) * 1000)
         row = {k: {"p50": pct(v, 50), "p95": pct(v, 95)} for k, v in times.items()}
+        for label in labels:  # CPU time of the process per search (all threads): steadier on a shared machine
+            row[label]["cpu_p50"] = pct(cpu[label], 50)
         row["load"] = [started_load, load()]  # type: ignore[assignment]
         rounds.append(row)
         print(f"round {r}: " + json.dumps(row), flush=True)
     out["rounds"] = rounds
     out["median_of_rounds"] = {
-        k: {q: round(float(np.median([row[k][q] for row in rounds])), 3) for q in ("p50", "p95")}
+        k: {
+            q: round(float(np.median([row[k][q] for row in rounds])), 3)
+            for q in ("p50", "p95", "cpu_p50")
+            if q in rounds[0][k]
+        }
         for k in [*labels, "engine"]
     }
     print("median of the rounds: " + json.dumps(out["median_of_rounds"]), flush=True)
