@@ -8,6 +8,7 @@ explicit objects. Example: ``CLIPFUSE_MODEL__NAME=ViT-B-16``,
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -412,9 +413,28 @@ class Settings(BaseSettings):
             "qdrant": self.qdrant.model_copy(update={"path": store}),
             "edge": self.edge.model_copy(update={"path": store}),
         }
-        if self.backend == "auto" and not self.qdrant.url and (Path(store) / "meta.json").is_file():
+        if self.backend == "auto" and not self.qdrant.url and holds_qdrant_local_store(Path(store)):
             update["backend"] = "qdrant"
         return self.model_copy(update=update)
+
+
+def holds_qdrant_local_store(folder: Path) -> bool:
+    """Whether ``folder`` is a qdrant-client local store: it has qdrant-client's ``meta.json``, and
+    either that records a collection or alias, or no Qdrant Edge shard lives beside it.
+
+    ``QdrantClient(path=...)`` pointed at an Edge store (the default one, say) writes an empty
+    ``meta.json`` there; that folder is still the Edge store it was, not an empty qdrant-client one.
+    """
+    meta = folder / "meta.json"
+    if not meta.is_file():
+        return False
+    if not any(folder.glob("*.clipfuse.json")):  # no Edge shard's metadata: qdrant-client's alone
+        return True
+    try:
+        recorded = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # unreadable: as before, qdrant-client's (which then says what is wrong)
+    return isinstance(recorded, dict) and bool(recorded.get("collections") or recorded.get("aliases"))
 
 
 def get_settings() -> Settings:

@@ -54,6 +54,18 @@ def test_hits_table_reads_at_80_columns(store: Path) -> None:
     assert nothing.exit_code == 0 and "no hits" in nothing.output and "┏" not in nothing.output  # no empty table
 
 
+def test_an_edge_store_opened_by_qdrant_client_stays_edge(store: Path) -> None:
+    """QdrantClient(path=<the demo's Edge store>) writes an empty meta.json into it; the folder must
+    not turn into an empty qdrant-client store for every later command ("index 'products' does not exist")."""
+    from qdrant_client import QdrantClient
+
+    QdrantClient(path=str(store)).close()
+    assert (store / "meta.json").is_file()
+    info = runner.invoke(app, ["info", "--store", str(store)])
+    assert info.exit_code == 0, info.output
+    assert "qdrant-edge" in info.output and "60 documents" in info.output
+
+
 def test_search_json_has_per_signal_scores(store: Path) -> None:
     response = _search(store, "red striped t-shirt", "--k", "5")
     assert len(response["hits"]) == 5
