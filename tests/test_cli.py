@@ -269,6 +269,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "broken-image" in out and "missing-image" in out
     assert "text->image R@10" in out and "hybrid" in out
     assert "text: '" in out and "image + text" in out and "text + filter" in out
-    assert "rrf fusion by the engine" in out
+    assert "rrf fusion by the client" in out  # on Edge clipfuse fuses, by default (EdgeBackend(engine_fusion=False))
     assert "group_id" in out and "brand: " in out and "log1p" in out and "--cursor c1." in out  # shop page
     assert "rules: backpack-week" in out and "variants" in out
