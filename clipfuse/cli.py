@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from clipfuse.bench.cli import register as register_bench_command
-from clipfuse.console import console, err, fail, print_hits, print_report, settings_from_options
+from clipfuse.console import console, err, fail, missing_index, print_hits, print_report, settings_from_options
 from clipfuse.demo.run import run_demo
 from clipfuse.errors import ClipfuseError
 from clipfuse.eval.cli import register as register_eval_command
@@ -196,9 +196,7 @@ def search(
         try:
             info = backend.index_info()
             if info is None:
-                raise ClipfuseError(
-                    f"index {settings.index!r} does not exist yet: run `clipfuse index PATH` (or `clipfuse demo`) first"
-                )
+                raise ClipfuseError(missing_index(settings))
             explicit = model is not None or "CLIPFUSE_MODEL__NAME" in os.environ
             settings = settings.model_copy(
                 update={"model": model_settings_for_index(settings, info.model, explicit=explicit)}
@@ -237,7 +235,7 @@ def info(index: IndexOpt = None, store: StoreOpt = None) -> None:
     except ClipfuseError as e:
         fail(e)
     if meta is None:
-        console.print(f"index {settings.index!r} does not exist")
+        console.print(markup_safe(missing_index(settings)))
         raise typer.Exit(1)
     where = settings.embedded_store or "server"
     console.print(
@@ -265,7 +263,7 @@ def delete(
             writer.close()
     except ClipfuseError as e:
         fail(e)
-    console.print(f"deleted {len(ids)} document(s)")
+    console.print(f"deleted {len(ids)} id{'' if len(ids) == 1 else 's'} (ids the index did not hold are ignored)")
 
 
 @app.command()

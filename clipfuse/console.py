@@ -22,7 +22,17 @@ from clipfuse.schemas import IngestReport, SearchResponse
 from clipfuse.schemas.safetext import markup_safe
 from clipfuse.settings import DEMO_MODEL, Settings
 
-__all__ = ["console", "err", "fail", "print_hits", "print_report", "progress", "settings_from_options"]
+__all__ = [
+    "DEMO_STORE",
+    "console",
+    "err",
+    "fail",
+    "missing_index",
+    "print_hits",
+    "print_report",
+    "progress",
+    "settings_from_options",
+]
 
 #: results (stdout)
 console = Console()
@@ -58,6 +68,22 @@ def settings_from_options(
             fail(e)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     return settings
+
+
+#: where ``clipfuse demo`` puts its store when run with its default ``--dir``
+DEMO_STORE = Path("clipfuse-data/demo/store")
+
+
+def missing_index(settings: Settings) -> str:
+    """What to say when ``settings.index`` does not exist: how to make it, and where the demo's
+    store is when the user ran the demo and forgot ``--store``."""
+    message = f"index {settings.index!r} does not exist yet: run `clipfuse index PATH` (or `clipfuse demo`) first"
+    store = settings.embedded_store
+    if store is not None and DEMO_STORE.is_dir() and store.resolve() != DEMO_STORE.resolve():
+        message += f"; the demo's index is in {DEMO_STORE}: add --store {DEMO_STORE}"
+    elif store is not None:
+        message += f" (store {store})"
+    return message
 
 
 def progress() -> Progress:

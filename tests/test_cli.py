@@ -66,6 +66,20 @@ def test_an_edge_store_opened_by_qdrant_client_stays_edge(store: Path) -> None:
     assert "qdrant-edge" in info.output and "60 documents" in info.output
 
 
+def test_a_missing_index_points_at_the_demo_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `clipfuse demo`, `clipfuse search` without --store finds no index: it says where the demo's is."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLIPFUSE_EDGE__PATH", raising=False)
+    for argv in (["search", "red boots"], ["info"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code != 0 and "does not exist yet" in result.output and "--store" not in result.output
+    (tmp_path / "clipfuse-data" / "demo" / "store").mkdir(parents=True)
+    for argv in (["search", "red boots"], ["info"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code != 0, result.output
+        assert "add --store clipfuse-data/demo/store" in result.output
+
+
 def test_search_json_has_per_signal_scores(store: Path) -> None:
     response = _search(store, "red striped t-shirt", "--k", "5")
     assert len(response["hits"]) == 5

@@ -367,6 +367,9 @@ def dead_letters_list(
             store.close()
     except Exception as e:
         fail(f"cannot read the dead-letter store: {e}")
+    if not letters:
+        console.print(f"no dead letters for index {settings.index}" + (f" past --offset {offset}" if offset else ""))
+        return
     table = Table("id", "stage", "code", "reason", "at", title=f"dead letters of {settings.index}: {total}")
     for letter in letters:
         r = letter.rejection
