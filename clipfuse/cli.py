@@ -12,7 +12,16 @@ from typing import Annotated, Any, Optional
 import typer
 
 from clipfuse.bench.cli import register as register_bench_command
-from clipfuse.console import console, err, fail, missing_index, print_hits, print_report, settings_from_options
+from clipfuse.console import (
+    DEMO_STORE,
+    console,
+    err,
+    fail,
+    missing_index,
+    print_hits,
+    print_report,
+    settings_from_options,
+)
 from clipfuse.demo.run import run_demo
 from clipfuse.errors import ClipfuseError
 from clipfuse.eval.cli import register as register_eval_command
@@ -31,6 +40,7 @@ from clipfuse.reindex.writer import resolve_alias
 from clipfuse.schemas import SearchRequest, Weights, parse_filter
 from clipfuse.schemas.safetext import markup_safe
 from clipfuse.schemas.search import parse_boost
+from clipfuse.settings import Settings
 from clipfuse.workers.cli import register as register_queue_commands
 
 app = typer.Typer(
@@ -309,6 +319,19 @@ def demo(
         fail(e)
 
 
+def _index_exists(settings: Settings) -> bool:
+    try:
+        backend = build_backend(settings)
+    except ClipfuseError:
+        return True  # the service's own start says what is wrong
+    try:
+        return backend.index_info() is not None
+    except ClipfuseError:
+        return True
+    finally:
+        backend.close()
+
+
 @app.command()
 def serve(
     host: Annotated[Optional[str], typer.Option(help="address to listen on [env CLIPFUSE_SERVICE__HOST]")] = None,
@@ -351,6 +374,9 @@ def serve(
             f"[dim]serving the embedded store {embedded} (one process at a time: stop the service "
             "before indexing into it; production runs a Qdrant server, CLIPFUSE_QDRANT__URL)[/]"
         )
+        if DEMO_STORE.is_dir() and embedded.resolve() != DEMO_STORE.resolve() and not _index_exists(settings):
+            # the demo ran here but --store was forgotten: say so before the model or the page says less
+            err.print(f"[yellow]warning:[/] {markup_safe(missing_index(settings))}")
     try:
         application = create_app(settings)
         application.state.service.start()  # open the engine and load the model now: errors read better here
