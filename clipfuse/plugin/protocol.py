@@ -123,8 +123,9 @@ class HybridQuery:
     limit: int
     #: how many candidates each retriever returns
     candidates: int
-    #: payload fields the searcher reads for *every* candidate (boosts, collapse, facets); None: the
-    #: backend returns payloads of the top ``limit`` fused hits only, as before
+    #: payload fields the searcher reads for *every* candidate (boosts, collapse, facets); None: none
+    #: needed (a backend returns the payloads it read anyway; ``complete_payloads`` says whether they
+    #: are whole, else the searcher reads the page's payloads with :meth:`Fetchable.fetch`)
     window_fields: tuple[str, ...] | None = None
     #: a checked boolean filter tree, ANDed with ``filters`` (see :class:`clipfuse.schemas.FilterGroup`)
     where: FilterGroup | None = None

@@ -188,11 +188,6 @@ class QdrantBackend:
         """Local mode is plain Python, not made for concurrent threads: callers serialise its calls."""
         return not self.embedded
 
-    @property
-    def is_local(self) -> bool:
-        """The same as :attr:`embedded` (the name qdrant-client uses)."""
-        return self.embedded
-
     # -- schema --------------------------------------------------------------------
     def index_info(self) -> IndexInfo | None:
         with _errors(f"reading collection {self.collection!r}"):
