@@ -30,6 +30,16 @@ class TestEdgeContract(BackendContract):
         backend.close()
 
 
+class TestEdgeContractEngineFused(BackendContract):
+    """The same contract with Edge's own fusion asked for (off by default: clipfuse fuses once)."""
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Iterator[EdgeBackend]:
+        backend = EdgeBackend(tmp_path / "edge", "contract", engine_fusion=True)
+        yield backend
+        backend.close()
+
+
 class TestEdgeContractExact(BackendContract):
     """The same contract with exact search forced (the mode the parity checks use)."""
 
