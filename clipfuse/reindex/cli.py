@@ -295,7 +295,7 @@ def reindex_command(
     console.print(
         f"re-embedded {summary['copied']} documents ({summary['skipped']} already there)"
         + (f", {rate:.1f} docs/s" if rate else "")
-        + f"; {timings}"
+        + (f"; {timings}" if timings else "")
     )
     v = summary["verify"]
     console.print(f"verified: {v['target']} documents in the new index, {v['source']} in the old, id sets equal")
