@@ -37,7 +37,7 @@ from clipfuse.plugin.protocol import Stats
 from clipfuse.reindex.cli import describe_record
 from clipfuse.reindex.cli import register as register_reindex_commands
 from clipfuse.reindex.writer import resolve_alias
-from clipfuse.schemas import SearchRequest, Weights, parse_filter
+from clipfuse.schemas import SearchRequest, parse_filter, parse_weights
 from clipfuse.schemas.safetext import markup_safe
 from clipfuse.schemas.search import parse_boost
 from clipfuse.settings import Settings
@@ -107,18 +107,6 @@ def index(
         fallback.parent.mkdir(parents=True, exist_ok=True)
         fallback.write_text(result.model_dump_json(indent=2), encoding="utf-8")
         console.print(f"rejections written to {markup_safe(fallback)}")
-
-
-def _weights(spec: str | None) -> Weights:
-    if not spec:
-        return Weights()
-    values: dict[str, float] = {}
-    for part in spec.split(","):
-        name, _, number = part.partition("=")
-        if name.strip() not in ("image", "text", "bm25") or not number:
-            raise ClipfuseError(f"--weights takes image=W,text=W,bm25=W; cannot read {part!r}")
-        values[name.strip()] = float(number)
-    return Weights(**values)
 
 
 @app.command()
@@ -194,7 +182,7 @@ def search(
                 "offset": offset,
                 "fusion": fusion,
                 "rrf_k": rrf_k,
-                "weights": _weights(weights),
+                "weights": parse_weights(weights),
                 "compose_alpha": compose_alpha,
                 "facets": facet or [],
                 "boosts": [parse_boost(b) for b in (boost or [])],

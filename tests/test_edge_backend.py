@@ -182,7 +182,9 @@ def test_a_second_process_gets_a_clear_error_naming_the_lock(tmp_path: Path) -> 
         assert "another process" in out and "lock" in out and str(tmp_path / "products.lock") in out
     finally:
         backend.close()
+    assert not (tmp_path / "products.lock").exists(), "a clean close leaves no lock file behind"
     assert _open_in_child(tmp_path) == f"OPENED {len(CATALOG)}"
+    assert not (tmp_path / "products.lock").exists()
 
 
 def test_a_second_open_in_the_same_process_is_refused_too(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from clipfuse.eval.runner import ConfigResult, SignalLists, collect_signals, eva
 from clipfuse.eval.tuning import RRF_K_GRID, WEIGHT_GRID, split_queries, tune
 from clipfuse.factory import build_backend, build_searcher, model_settings_for_index
 from clipfuse.ingest.run import run_index
-from clipfuse.schemas import SearchRequest, Weights
+from clipfuse.schemas import SearchRequest, Weights, parse_weights
 from clipfuse.settings import DEMO_MODEL
 
 __all__ = ["app", "eval_command", "register", "run_eval"]
@@ -46,21 +46,6 @@ _HEADERS = {
     "ndcg@10": "nDCG@10",
     "map": "mAP",
 }
-
-
-def _parse_weights(spec: str | None) -> Weights:
-    if not spec:
-        return Weights()
-    values: dict[str, float] = {}
-    for part in spec.split(","):
-        name, _, number = part.partition("=")
-        try:
-            values[name.strip()] = float(number)
-        except ValueError:
-            raise ClipfuseError(f"--weights takes image=W,text=W,bm25=W; cannot read {part!r}") from None
-        if name.strip() not in ("image", "text", "bm25"):
-            raise ClipfuseError(f"--weights takes image=W,text=W,bm25=W; unknown signal {name.strip()!r}")
-    return Weights(**values)
 
 
 def distinct_groups(searcher: Any, queries: list[EvalQuery], *, limit: int = 100) -> dict[str, Any]:
@@ -293,7 +278,7 @@ def eval_command(
         fail("give exactly one of --demo, --karpathy FILE --images DIR, or --queries FILE --qrels FILE")
     out_path = out or directory / "eval.json"
     try:
-        parsed_weights = _parse_weights(weights)
+        parsed_weights = parse_weights(weights)
         if demo:
             if size < 10 or n_queries < 4:
                 raise ClipfuseError("--demo needs --size >= 10 and --n-queries >= 4")

@@ -334,15 +334,28 @@ class EdgeBackend:
         return (self.shard_path / "edge_config.json").is_file()
 
     def _acquire_lock(self) -> None:
+        """Take ``<collection>.lock`` (flock), or raise :class:`StoreLocked`. The file is removed on a clean
+        close, so a taker checks after ``flock`` that the path still names the file it locked (a closer may
+        have unlinked it meanwhile) and tries again if not."""
         if self._lock_file is not None or fcntl is None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.lock_path, "a+")  # noqa: SIM115 - held for the backend's lifetime
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            handle.close()
-            raise self._locked_error() from e
+        for _ in range(100):
+            handle = open(self.lock_path, "a+")  # noqa: SIM115 - held for the backend's lifetime
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                handle.close()
+                raise self._locked_error() from e
+            try:
+                current = os.stat(self.lock_path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(handle.fileno()).st_ino:
+                break
+            handle.close()  # unlinked by the process that held it: lock the new file
+        else:  # pragma: no cover - a hundred closers in a row
+            raise self._locked_error()
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -350,7 +363,10 @@ class EdgeBackend:
         self._lock_file = handle
 
     def _release_lock(self) -> None:
+        """Remove the lock file while still holding it (no .lock is left behind a clean close), then unlock."""
         if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
