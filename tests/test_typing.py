@@ -26,9 +26,12 @@ def test_mypy_passes_on_the_package() -> None:
 
 @pytest.mark.slow
 def test_mypy_strict_passes_on_the_public_api() -> None:
-    """``clipfuse.plugin`` and ``clipfuse.schemas`` (what users import) pass ``mypy --strict``."""
+    """``clipfuse.plugin`` and ``clipfuse.schemas`` (what users import) pass ``mypy --strict``.
+
+    ``--follow-imports=silent``: the modules they import (the embedder registry, settings) are read for
+    their types but held to the package-wide check above, not to --strict."""
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "clipfuse/plugin", "clipfuse/schemas"],
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "clipfuse/plugin", "clipfuse/schemas"],
         cwd=ROOT,
         capture_output=True,
         text=True,
