@@ -39,7 +39,7 @@ def _reference(embedder: Any, data: bytes) -> np.ndarray:
     return embedder.embed_pixels(embedder.preprocess(image)[None])[0]
 
 
-class _Capture:
+class CaptureBackend:
     """A backend that keeps what it is given."""
 
     lexical = "sparse"
@@ -100,7 +100,7 @@ def test_fast_path_is_numerically_the_reference_transform(demo_embedder: Any, jp
 
 
 def test_indexer_uses_the_fast_path(demo_embedder: Any, jpegs: list[bytes]) -> None:
-    backend = _Capture()
+    backend = CaptureBackend()
     indexer = Indexer(demo_embedder, backend, batch_size=4, load_workers=3)  # type: ignore[arg-type]
     docs: list[dict[str, Any]] = [
         {"id": f"d{i}", "images": [{"data": base64.b64encode(d).decode()}], "title": "striped shirt"}
@@ -124,7 +124,7 @@ def test_indexer_uses_the_fast_path(demo_embedder: Any, jpegs: list[bytes]) -> N
 
 
 def test_reduced_decoding_can_be_switched_off(demo_embedder: Any, jpegs: list[bytes]) -> None:
-    backend = _Capture()
+    backend = CaptureBackend()
     indexer = Indexer(demo_embedder, backend, reduced_jpeg_decode=False)  # type: ignore[arg-type]
     indexer.index_batch([{"id": "a", "images": [{"data": base64.b64encode(jpegs[0]).decode()}]}])
     indexer.close()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_fast_pipeline import CaptureBackend
 
 from clipfuse.bench.images import synthetic_jpegs
 from clipfuse.embedding.gpu_decode import DeviceJpegEmbedder, device_decodable, jpeg_header
@@ -19,7 +19,6 @@ from clipfuse.embedding.openclip import OpenClipEmbedder
 from clipfuse.errors import ConfigurationError
 from clipfuse.images import ImageLimits, ImageLoader
 from clipfuse.ingest.pipeline import Indexer
-from clipfuse.plugin.protocol import IndexedDocument, IndexInfo
 from clipfuse.settings import Settings
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work and are what nvjpeg runs under
@@ -173,30 +172,10 @@ def test_on_cuda_matches_the_cpu(demo_embedder: Any, photos: list[bytes], odd_im
 
 
 # --------------------------------------------------------------------------- the ingest path
-class _Capture:
-    """A backend that keeps the documents it is given (the vectors are what these tests compare)."""
-
-    lexical = "sparse"
-
-    def __init__(self) -> None:
-        self.docs: dict[str, IndexedDocument] = {}
-
-    def ensure_schema(self, *, dim: int, model: str | None) -> None:
-        pass
-
-    def index_info(self) -> IndexInfo | None:
-        return None
-
-    def register_fields(self, fields: Mapping[str, Any]) -> None:
-        pass
-
-    def upsert(self, documents: Sequence[IndexedDocument]) -> dict[str, str]:
-        self.docs.update((d.id, d) for d in documents)
-        return {}
-
-
-def _index(embedder: Any, docs: list[dict[str, Any]], *, device_decode: bool | None) -> tuple[_Capture, Any, Indexer]:
-    backend = _Capture()
+def _index(
+    embedder: Any, docs: list[dict[str, Any]], *, device_decode: bool | None
+) -> tuple[CaptureBackend, Any, Indexer]:
+    backend = CaptureBackend()
     indexer = Indexer(embedder, backend, batch_size=16, load_workers=2, device_decode=device_decode)  # type: ignore[arg-type]
     try:
         return backend, indexer.index(docs), indexer
@@ -250,13 +229,13 @@ def test_the_indexer_sends_what_the_device_cannot_decode_the_cpu_way_in_the_same
 
 def test_device_decoding_defaults_to_the_models_device(demo_embedder: Any) -> None:
     """Default (None): on only where an OpenCLIP model runs on CUDA; True for another embedder is refused."""
-    on_cpu = Indexer(demo_embedder, _Capture())  # type: ignore[arg-type]
+    on_cpu = Indexer(demo_embedder, CaptureBackend())  # type: ignore[arg-type]
     assert (on_cpu._device_decoder() is not None) == (demo_embedder.device.type == "cuda")
 
     class _PlainEmbedder:
         dim, model_id, batch_size = 4, "plain", 8
 
     with pytest.raises(ConfigurationError, match="needs an OpenCLIP embedder"):
-        Indexer(_PlainEmbedder(), _Capture(), device_decode=True)._device_decoder()  # type: ignore[arg-type]
-    assert Indexer(_PlainEmbedder(), _Capture())._device_decoder() is None  # type: ignore[arg-type]
+        Indexer(_PlainEmbedder(), CaptureBackend(), device_decode=True)._device_decoder()  # type: ignore[arg-type]
+    assert Indexer(_PlainEmbedder(), CaptureBackend())._device_decoder() is None  # type: ignore[arg-type]
     assert Settings().images.device_decode is None

@@ -150,14 +150,7 @@ def run_reindex(
         if on_step:
             on_step("copied", job)
         verified = job.verify()
-        summary["verify"] = {
-            "source": verified.source_count,
-            "target": verified.target_count,
-            "missing": len(verified.missing),
-            "stale": len(verified.stale),
-            "extra": len(verified.extra),
-            "rounds": verified.rounds,
-        }
+        summary["verify"] = verified.summary()
         if gate is not None:
             record = job.record()
             assert record is not None and record.building is not None

@@ -131,6 +131,17 @@ class VerifyResult:
     def ok(self) -> bool:
         return not (self.missing or self.stale or self.extra) and self.source_count == self.target_count
 
+    def summary(self) -> dict[str, int]:
+        """The counts the CLI prints and the queued job's status records."""
+        return {
+            "source": self.source_count,
+            "target": self.target_count,
+            "missing": len(self.missing),
+            "stale": len(self.stale),
+            "extra": len(self.extra),
+            "rounds": self.rounds,
+        }
+
 
 class Reindexer:
     """Re-embeds the documents behind ``alias`` into a new physical index for another model.

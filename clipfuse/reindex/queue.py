@@ -281,16 +281,7 @@ class QueueReindexer:
 
         self.status.update(step="verify")
         verified = job.verify()
-        self.status.update(
-            verify={
-                "source": verified.source_count,
-                "target": verified.target_count,
-                "missing": len(verified.missing),
-                "stale": len(verified.stale),
-                "extra": len(verified.extra),
-                "rounds": verified.rounds,
-            }
-        )
+        self.status.update(verify=verified.summary())
         if spec.gate is not None:
             self.status.update(step="gate")
             result = self._gate(spec, job)

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from clipfuse.console import console, err, fail
+from clipfuse.console import progress as new_progress
 from clipfuse.errors import ClipfuseError
 from clipfuse.schemas.safetext import markup_safe
 from clipfuse.settings import Settings
@@ -234,14 +234,7 @@ def enqueue(
     catalog = CatalogReader(path)
     total = catalog.count()
     base_dir = path if path.is_dir() else path.parent
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-    )
+    progress = new_progress()
     try:
         with progress:  # every line is read and validated before the first message is sent
             checked = progress.add_task(f"validating {path.name}", total=total)
