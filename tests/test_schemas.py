@@ -547,6 +547,13 @@ def test_parse_filter_field_name() -> None:
     assert parse_filter("  my_field>=1").field == "my_field"
 
 
+def test_parse_filter_refusal_is_one_readable_line() -> None:
+    """A value the condition refuses reads as the model's reason, not pydantic's dump of the input."""
+    with pytest.raises(InvalidQuery) as info:
+        parse_filter("price<=abc")
+    assert str(info.value) == "filter 'price<=abc': filter on 'price': 'lte' needs a number, got 'abc'"
+
+
 @pytest.mark.parametrize(
     ("expression", "op", "value"),
     [

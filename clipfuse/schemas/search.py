@@ -237,8 +237,9 @@ def parse_filter(expression: str) -> FilterCondition:
         value = _parse_value(raw)
     try:
         return FilterCondition(field=name, op=op, value=value)
-    except ValueError as e:
-        raise InvalidQuery(f"filter {expression!r}: {e}") from None
+    except ValidationError as e:  # the model's own words, without pydantic's input dump and link
+        detail = "; ".join(str(x["msg"]).removeprefix("Value error, ") for x in e.errors())
+        raise InvalidQuery(f"filter {expression[:100]!r}: {detail}") from None
 
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
